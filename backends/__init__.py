@@ -1,0 +1,1 @@
+"""Inference backends: each turns a rendered prompt into raw text chunks."""

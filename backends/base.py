@@ -1,0 +1,99 @@
+"""The backend interface.
+
+A backend turns a rendered prompt into raw text chunks. It knows nothing of GLM syntax: the
+gateway renders the prompt and parses the output. The stream a backend yields is
+
+    Started, Chunk*, Finished
+
+``Started`` comes once the request has been admitted and validated (prompt tokenized, context
+checked, engine acquired), before any token is produced, so the HTTP layer can still answer a
+proper status code for errors raised before it. Errors are ``gateway.errors.GatewayError``
+subclasses. Closing the async iterator early (client gone) must stop the generation promptly
+and free the engine.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Resolved sampling for one request; ``None`` leaves the engine's own default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    prompt: str
+    sampling: SamplingParams
+    # Special-token texts that end generation (e.g. GLM's ``<|user|>``) on top of the model's own
+    # end-of-generation tokens. They never appear in the output.
+    stop_tokens: tuple[str, ...] = ()
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    text: str
+    # Tokens this chunk stands for, so the gateway can attribute tokens to reasoning.
+    tokens: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+BackendEvent = Started | Chunk | Finished
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    context_length: int | None = None
+    owned_by: str = "glm-gateway"
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """One loaded model. ``start`` loads it; ``ready`` says whether it can serve."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def ready(self) -> bool: ...
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> ModelInfo: ...
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[BackendEvent]:
+        """Yield ``Started``, then ``Chunk``s, then exactly one ``Finished``."""
