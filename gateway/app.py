@@ -1,0 +1,108 @@
+"""The application factory: ``create_app(settings)`` builds everything, nothing is global."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pydantic
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backends.base import Backend
+
+from . import __version__
+from .errors import GatewayError, InvalidRequestError
+from .models import ModelRegistry
+from .routes import chat, models
+from .settings import Settings
+
+logger = logging.getLogger("glm_gateway")
+
+
+def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
+    """('body', 'messages', 0, 'role') -> 'messages[0].role'."""
+    out = ""
+    for part in loc:
+        if part == "body" and not out:
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.startswith(("function-after[", "function-before[")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or None
+
+
+def validation_error(errors: list[Any]) -> InvalidRequestError:
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    # Union members (e.g. 'str', 'list[...]') appear in loc; they name no field.
+    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int"})))
+    param = _param_from_loc(loc)
+    where = f" at '{param}'" if param else ""
+    return InvalidRequestError(
+        f"Invalid request{where}: {first.get('msg', 'invalid value')}", param=param
+    )
+
+
+def error_response(exc: GatewayError) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    # The one place where errors become HTTP.
+    async def on_gateway_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return error_response(exc)
+
+    async def on_pydantic_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, pydantic.ValidationError | RequestValidationError)
+        return error_response(validation_error(list(exc.errors())))
+
+    async def on_http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        err = GatewayError(str(exc.detail), code=None)
+        err.status_code = exc.status_code
+        err.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_response(err)
+
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error", exc_info=exc)
+        return error_response(GatewayError("Internal server error."))
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(pydantic.ValidationError, on_pydantic_error)
+    app.add_exception_handler(RequestValidationError, on_pydantic_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = None) -> FastAPI:
+    """Build the app. ``backends`` (by model id) replaces backends built from settings."""
+    registry = ModelRegistry.from_settings(settings.models, backends)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Models load in the background so /health answers and /ready says 503 meanwhile.
+        loading = asyncio.create_task(registry.start())
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await registry.aclose()
+
+    app = FastAPI(title="glm-gateway", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.registry = registry
+    _install_error_handlers(app)
+    app.include_router(chat.router)
+    app.include_router(models.router)
+    return app

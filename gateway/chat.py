@@ -1,0 +1,313 @@
+"""The chat pipeline: validate, render, generate, parse, and shape OpenAI responses.
+
+One request flows through ``prepare`` (everything that can fail with a clean 4xx happens here),
+then ``ChatRun``, which drives the backend's event stream through one GLM-4.7 parser. The
+streaming and non-streaming paths share the same parser events, so their results agree.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from backends.base import (
+    BackendEvent,
+    Chunk,
+    Finished,
+    GenerationRequest,
+    SamplingParams,
+    Started,
+)
+
+from .errors import BackendError, InvalidRequestError, UnsupportedParameterError
+from .glm47 import tokens
+from .glm47.events import (
+    ContentDelta,
+    MessageAccumulator,
+    ParseEvent,
+    ReasoningDelta,
+    ToolCallArguments,
+    ToolCallEnd,
+    ToolCallStart,
+)
+from .glm47.parser import GLM47Parser
+from .glm47.render import render_prompt
+from .models import ModelRegistry, ServedModel
+from .protocol import ChatCompletionRequest, OtherPart
+from .sampling import BUILTIN_ROUTES, client_sampling, merge_sampling, select_route
+from .streaming import DONE, sse_data
+
+
+def new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class PreparedChat:
+    request: ChatCompletionRequest
+    model_name: str
+    model: ServedModel
+    prompt: str
+    sampling: SamplingParams
+    route: str
+    thinking: bool
+    parse_tools: Sequence[Mapping[str, Any]] | None
+    completion_id: str = field(default_factory=lambda: new_id("chatcmpl-"))
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def generation_request(self) -> GenerationRequest:
+        return GenerationRequest(
+            prompt=self.prompt,
+            sampling=self.sampling,
+            stop_tokens=tokens.STOP_TOKENS,
+            request_id=self.completion_id,
+        )
+
+
+def _check_supported(request: ChatCompletionRequest) -> None:
+    """Refuse, with a clear 400, what this gateway cannot honour yet."""
+    if request.n is not None and request.n != 1:
+        raise UnsupportedParameterError("Only n=1 is supported.", param="n")
+    if request.logprobs:
+        raise UnsupportedParameterError("logprobs are not supported.", param="logprobs")
+    for i, message in enumerate(request.messages):
+        if isinstance(message.content, list):
+            for j, part in enumerate(message.content):
+                if isinstance(part, OtherPart):
+                    raise UnsupportedParameterError(
+                        f"Content parts of type {part.type!r} are not supported: "
+                        "GLM-4.7-Flash reads text only.",
+                        param=f"messages[{i}].content[{j}].type",
+                    )
+    if request.tool_choice is not None and request.tool_choice not in ("none", "auto"):
+        raise UnsupportedParameterError(
+            "tool_choice 'required' and named functions are not supported yet; "
+            "use 'auto' or 'none'.",
+            param="tool_choice",
+        )
+    if request.tool_choice not in (None, "none") and not request.tools:
+        raise InvalidRequestError(
+            "tool_choice is set but no tools were given.", param="tool_choice"
+        )
+    if request.response_format is not None and request.response_format.type != "text":
+        raise UnsupportedParameterError(
+            f"response_format {request.response_format.type!r} is not supported yet.",
+            param="response_format",
+        )
+    if request.parallel_tool_calls is False:
+        raise UnsupportedParameterError(
+            "parallel_tool_calls=false is not supported yet.", param="parallel_tool_calls"
+        )
+
+
+def thinking_enabled(request: ChatCompletionRequest) -> bool:
+    kwargs = request.chat_template_kwargs
+    if kwargs is not None and kwargs.enable_thinking is not None:
+        return kwargs.enable_thinking
+    return request.reasoning_effort != "none"
+
+
+def prepare(registry: ModelRegistry, body: Mapping[str, Any]) -> PreparedChat:
+    """Validate and render. ``body`` is the raw JSON: tools render in the client's key order."""
+    request = ChatCompletionRequest.model_validate(body)
+    model = registry.resolve(request.model)
+    _check_supported(request)
+    thinking = thinking_enabled(request)
+    kwargs = request.chat_template_kwargs
+    clear_thinking = kwargs is None or kwargs.clear_thinking is not False
+    offer_tools = bool(request.tools) and request.tool_choice != "none"
+    raw_tools: list[Mapping[str, Any]] | None = body.get("tools") if offer_tools else None
+    prompt = render_prompt(
+        body["messages"],
+        tools=raw_tools,
+        enable_thinking=thinking,
+        clear_thinking=clear_thinking,
+        add_generation_prompt=request.add_generation_prompt,
+    )
+    route = select_route(request)
+    sampling = merge_sampling([BUILTIN_ROUTES[route], client_sampling(request)])
+    return PreparedChat(
+        request=request,
+        model_name=request.model,
+        model=model,
+        prompt=prompt,
+        sampling=sampling,
+        route=route,
+        thinking=thinking,
+        parse_tools=raw_tools,
+    )
+
+
+def _delta_for(event: ParseEvent, call_ids: list[str]) -> dict[str, Any] | None:
+    match event:
+        case ReasoningDelta(text):
+            return {"reasoning_content": text, "reasoning": text}
+        case ContentDelta(text):
+            return {"content": text}
+        case ToolCallStart(index, name):
+            call_ids.append(new_id("call_"))
+            return {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": call_ids[index],
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }
+                ]
+            }
+        case ToolCallArguments(index, fragment):
+            return {"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}
+        case ToolCallEnd():
+            return None
+
+
+class ChatRun:
+    """One generation: backend events in, parser events out, with token accounting."""
+
+    def __init__(self, prepared: PreparedChat) -> None:
+        self.prepared = prepared
+        self._events: AsyncIterator[BackendEvent] = prepared.model.backend.generate(
+            prepared.generation_request()
+        )
+        self._parser = GLM47Parser(thinking=prepared.thinking, tools=prepared.parse_tools)
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.reasoning_tokens = 0
+        self.tool_calls_ended = 0
+        self.backend_finish: str | None = None
+        self._left_reasoning = not prepared.thinking
+
+    async def start(self) -> None:
+        """Wait until the backend admits the request; errors here still get a real status."""
+        first = await anext(self._events, None)
+        if not isinstance(first, Started):
+            raise BackendError("the backend did not start the generation")
+        self.prompt_tokens = first.prompt_tokens
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def parse_events(self) -> AsyncIterator[list[ParseEvent]]:
+        """Parser events, grouped per backend chunk."""
+        async for event in self._events:
+            match event:
+                case Chunk(text, count):
+                    parsed = self._parser.feed(text)
+                    self._count_tokens(parsed, count)
+                    if parsed:
+                        yield parsed
+                case Finished(reason, prompt_tokens, completion_tokens):
+                    self.backend_finish = reason
+                    self.prompt_tokens = prompt_tokens
+                    self.completion_tokens = completion_tokens
+                case Started():
+                    raise BackendError("the backend started the generation twice")
+        if self.backend_finish is None:
+            raise BackendError("the backend ended without finishing the generation")
+        tail = self._parser.finish()
+        self._count_tokens(tail, 0)
+        if tail:
+            yield tail
+
+    def _count_tokens(self, parsed: list[ParseEvent], count: int) -> None:
+        # A chunk counts as reasoning until the first non-reasoning event: the </think> token
+        # itself emits nothing and is counted with the reasoning, as engines count it.
+        for event in parsed:
+            if isinstance(event, ToolCallEnd):
+                self.tool_calls_ended += 1
+            if not isinstance(event, ReasoningDelta):
+                self._left_reasoning = True
+        if not self._left_reasoning:
+            self.reasoning_tokens += count
+
+    @property
+    def finish_reason(self) -> str:
+        if self.backend_finish == "length":
+            return "length"
+        return "tool_calls" if self.tool_calls_ended else "stop"
+
+    def usage(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+        }
+
+    async def complete(self) -> dict[str, Any]:
+        """The non-streaming response."""
+        accumulator = MessageAccumulator()
+        try:
+            async for group in self.parse_events():
+                for event in group:
+                    accumulator.add(event)
+        finally:
+            await self.aclose()
+        parsed = accumulator.result()
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": parsed.content,
+            "reasoning_content": parsed.reasoning_content,
+            "reasoning": parsed.reasoning_content,
+        }
+        if parsed.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": new_id("call_"),
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in parsed.tool_calls
+            ]
+        prepared = self.prepared
+        return {
+            "id": prepared.completion_id,
+            "object": "chat.completion",
+            "created": prepared.created,
+            "model": prepared.model_name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": self.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": self.usage(),
+        }
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """SSE bytes: a role chunk, one chunk per delta, the finish chunk, usage, [DONE]."""
+        prepared = self.prepared
+        base = {
+            "id": prepared.completion_id,
+            "object": "chat.completion.chunk",
+            "created": prepared.created,
+            "model": prepared.model_name,
+        }
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+            return sse_data({**base, "choices": [choice]})
+
+        call_ids: list[str] = []
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            async for group in self.parse_events():
+                for event in group:
+                    delta = _delta_for(event, call_ids)
+                    if delta is not None:
+                        yield chunk(delta)
+            yield chunk({}, self.finish_reason)
+            options = prepared.request.stream_options
+            if options is not None and options.include_usage:
+                yield sse_data({**base, "choices": [], "usage": self.usage()})
+            yield DONE
+        finally:
+            await self.aclose()

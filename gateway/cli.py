@@ -1,0 +1,111 @@
+"""``glm-gateway``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import pydantic
+
+from . import __version__
+from .settings import DEFAULT_MODEL_ID, Settings, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glm-gateway", description="OpenAI-compatible gateway for GLM-4.7-Flash."
+    )
+    parser.add_argument("--version", action="version", version=f"glm-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the HTTP server")
+    source = serve.add_argument_group("model (one of --model or --config)")
+    source.add_argument("--config", help="YAML settings file")
+    source.add_argument("--model", help="a .gguf file (llamacpp) or a .jsonl script (scripted)")
+    source.add_argument(
+        "--backend",
+        choices=["llamacpp", "scripted"],
+        help="backend for --model (default: by file extension)",
+    )
+    source.add_argument(
+        "--model-id", default=None, help=f"served name (default {DEFAULT_MODEL_ID})"
+    )
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    engine = serve.add_argument_group("llama.cpp engine")
+    engine.add_argument("--n-ctx", type=int, help="context size (default 8192; 0 = model's)")
+    engine.add_argument("--n-gpu-layers", type=int, help="layers on the GPU (default -1 = all)")
+    engine.add_argument("--threads", type=int, help="CPU threads (default: llama.cpp's choice)")
+    serve.add_argument(
+        "--log-level", choices=["critical", "error", "warning", "info", "debug"], default=None
+    )
+    return parser
+
+
+def _model_from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    backend = args.backend or ("scripted" if args.model.endswith(".jsonl") else "llamacpp")
+    if backend == "scripted":
+        options: dict[str, Any] = {"type": "scripted", "path": args.model}
+    else:
+        options = {"type": "llamacpp", "model": args.model}
+        for key in ("n_ctx", "n_gpu_layers", "threads"):
+            value = getattr(args, key)
+            if value is not None:
+                options[key] = value
+    return {"id": args.model_id or DEFAULT_MODEL_ID, "backend": options}
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        key: getattr(args, key)
+        for key in ("host", "port", "log_level")
+        if getattr(args, key) is not None
+    }
+    if args.model is not None:
+        overrides["models"] = [_model_from_flags(args)]
+    settings = load_settings(args.config, **overrides)
+    if not settings.models:
+        raise SystemExit("glm-gateway: no model to serve: give --model PATH.gguf or --config FILE")
+    return settings
+
+
+def _format_validation(exc: pydantic.ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        lines.append(f"  {key}: {err['msg']}")
+    return "invalid settings:\n" + "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except pydantic.ValidationError as exc:
+        print(f"glm-gateway: {_format_validation(exc)}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"glm-gateway: {exc}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from .app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""The served models: names and aliases resolved to a backend, built from settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from backends.base import Backend
+
+from .errors import ModelNotFoundError
+from .settings import (
+    LlamaCppBackendSettings,
+    ModelSettings,
+    ScriptedBackendSettings,
+)
+
+logger = logging.getLogger("glm_gateway.models")
+
+
+def build_backend(settings: ModelSettings) -> Backend:
+    match settings.backend:
+        case LlamaCppBackendSettings() as opts:
+            # Imported here: llama-cpp-python is an optional dependency.
+            from backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+
+            return LlamaCppBackend(
+                LlamaCppOptions(
+                    model_path=opts.model,
+                    n_ctx=opts.n_ctx,
+                    n_gpu_layers=opts.n_gpu_layers,
+                    n_threads=opts.threads,
+                    n_batch=opts.n_batch,
+                    flash_attn=opts.flash_attn,
+                    verbose=opts.verbose,
+                )
+            )
+        case ScriptedBackendSettings() as opts:
+            from backends.scripted import ScriptedBackend
+
+            return ScriptedBackend(path=opts.path, context_length=opts.context_length)
+
+
+@dataclass(slots=True)
+class ServedModel:
+    settings: ModelSettings
+    backend: Backend
+    load_error: str | None = field(default=None)
+
+    @property
+    def id(self) -> str:
+        return self.settings.id
+
+
+class ModelRegistry:
+    def __init__(self, models: list[ServedModel]) -> None:
+        self._models = models
+        self._by_name: dict[str, ServedModel] = {}
+        for model in models:
+            for name in (model.id, *model.settings.aliases):
+                self._by_name[name] = model
+
+    @classmethod
+    def from_settings(
+        cls, models: list[ModelSettings], backends: Mapping[str, Backend] | None = None
+    ) -> ModelRegistry:
+        """``backends`` lets tests hand in ready-made backends by model id."""
+        given = backends or {}
+        return cls([ServedModel(m, given.get(m.id) or build_backend(m)) for m in models])
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        return iter(self._models)
+
+    def names(self) -> Iterator[tuple[str, ServedModel]]:
+        return iter(self._by_name.items())
+
+    def resolve(self, name: str) -> ServedModel:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ModelNotFoundError(
+                f"The model {name!r} does not exist. Available: {', '.join(self._by_name)}",
+                param="model",
+            ) from None
+
+    @property
+    def ready(self) -> bool:
+        return all(m.backend.ready for m in self._models)
+
+    async def start(self) -> None:
+        async def start_one(model: ServedModel) -> None:
+            try:
+                await model.backend.start()
+                logger.info("model %s ready", model.id)
+            except Exception as exc:
+                model.load_error = f"{type(exc).__name__}: {exc}"
+                logger.exception("model %s failed to load", model.id)
+
+        await asyncio.gather(*(start_one(m) for m in self._models))
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(m.backend.aclose() for m in self._models), return_exceptions=True)

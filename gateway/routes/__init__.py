@@ -1,0 +1,1 @@
+"""HTTP routes. Each reads what it needs from ``request.app.state``."""

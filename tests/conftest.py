@@ -1,0 +1,94 @@
+"""Shared fixtures: real uvicorn servers on loopback, and the real models' locations."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+GLM_TINY_GGUF = FIXTURES / "models" / "glm-tiny" / "glm-tiny.gguf"
+SMOLLM_GGUF = Path(
+    os.environ.get(
+        "GLM_GATEWAY_TEST_SMOLLM",
+        Path.home() / ".cache" / "glm-gateway" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf",
+    )
+)
+
+
+def require_file(path: Path, how: str) -> Path:
+    """Tests on real models must not silently vanish in CI: a missing model fails there."""
+    if path.is_file():
+        return path
+    message = f"{path} is missing ({how})"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_llama_cpp() -> None:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("llama-cpp-python is not installed")
+        pytest.skip("llama-cpp-python is not installed")
+
+
+@pytest.fixture(scope="session")
+def smollm_path() -> Path:
+    require_llama_cpp()
+    return require_file(SMOLLM_GGUF, "run .ci/fetch-models or see README")
+
+
+@pytest.fixture(scope="session")
+def glm_tiny_path() -> Path:
+    require_llama_cpp()
+    return require_file(GLM_TINY_GGUF, "copied from shared/models/glm-tiny")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def serve(app: FastAPI, *, ready_timeout: float = 120.0) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn on loopback in a thread; yield its base URL.
+
+    Waits for /ready so tests start once the model has loaded.
+    """
+    import httpx
+
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + ready_timeout
+    try:
+        while True:
+            try:
+                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the gateway did not become ready")
+            time.sleep(0.05)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
