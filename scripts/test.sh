@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Sets the project up from scratch (idempotent: re-runs reuse .venv and the pip cache), then runs
+# the linters, the type checker and the whole test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# llama-cpp-python builds from source (minutes on 2 cores); pip caches the wheel for next time.
+CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+  .venv/bin/python -m pip install -q -e '.[llamacpp,dev]'
+bash scripts/fetch-test-models.sh
+
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"
