@@ -45,6 +45,9 @@ class GenerationRequest:
     # Special-token texts that end generation (e.g. GLM's ``<|user|>``) on top of the model's own
     # end-of-generation tokens. They never appear in the output.
     stop_tokens: tuple[str, ...] = ()
+    # A GBNF grammar the whole output must match (constrained tool calls, JSON output). Only
+    # sent to backends whose ``supports_grammar`` is true; the gateway refuses it otherwise.
+    grammar: str | None = None
     request_id: str = ""
 
 
@@ -79,6 +82,9 @@ class ModelInfo:
 
 class Backend(abc.ABC):
     """One loaded model. ``start`` loads it; ``ready`` says whether it can serve."""
+
+    #: Whether ``GenerationRequest.grammar`` is enforced.
+    supports_grammar: bool = False
 
     @abc.abstractmethod
     async def start(self) -> None: ...

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backends.base import (
+    Backend,
     BackendEvent,
     Chunk,
     Finished,
@@ -33,10 +34,11 @@ from .glm47.events import (
     ToolCallEnd,
     ToolCallStart,
 )
+from .glm47.grammar import json_grammar, tool_call_grammar
 from .glm47.parser import GLM47Parser
 from .glm47.render import render_prompt
 from .models import ModelRegistry, ServedModel
-from .protocol import ChatCompletionRequest, OtherPart
+from .protocol import ChatCompletionRequest, NamedToolChoice, OtherPart
 from .sampling import BUILTIN_ROUTES, client_sampling, merge_sampling, select_route
 from .streaming import DONE, sse_data
 
@@ -55,6 +57,7 @@ class PreparedChat:
     route: str
     thinking: bool
     parse_tools: Sequence[Mapping[str, Any]] | None
+    grammar: str | None = None
     completion_id: str = field(default_factory=lambda: new_id("chatcmpl-"))
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -63,6 +66,7 @@ class PreparedChat:
             prompt=self.prompt,
             sampling=self.sampling,
             stop_tokens=tokens.STOP_TOKENS,
+            grammar=self.grammar,
             request_id=self.completion_id,
         )
 
@@ -82,25 +86,55 @@ def _check_supported(request: ChatCompletionRequest) -> None:
                         "GLM-4.7-Flash reads text only.",
                         param=f"messages[{i}].content[{j}].type",
                     )
-    if request.tool_choice is not None and request.tool_choice not in ("none", "auto"):
-        raise UnsupportedParameterError(
-            "tool_choice 'required' and named functions are not supported yet; "
-            "use 'auto' or 'none'.",
-            param="tool_choice",
-        )
-    if request.tool_choice not in (None, "none") and not request.tools:
+    choice = request.tool_choice
+    if choice not in (None, "none", "auto") and not request.tools:
         raise InvalidRequestError(
-            "tool_choice is set but no tools were given.", param="tool_choice"
+            "tool_choice requires tools, but no tools were given.", param="tool_choice"
         )
-    if request.response_format is not None and request.response_format.type != "text":
+    if isinstance(choice, NamedToolChoice):
+        names = [tool.function.name for tool in request.tools or ()]
+        if choice.function.name not in names:
+            raise InvalidRequestError(
+                f"tool_choice names the function {choice.function.name!r}, which is not among "
+                f"the tools: {', '.join(names)}.",
+                param="tool_choice.function.name",
+            )
+    fmt = request.response_format
+    if fmt is not None and fmt.type != "text" and request.tools and choice != "none":
         raise UnsupportedParameterError(
-            f"response_format {request.response_format.type!r} is not supported yet.",
+            "response_format cannot be combined with tools; send tool_choice 'none' or no tools.",
             param="response_format",
         )
-    if request.parallel_tool_calls is False:
-        raise UnsupportedParameterError(
-            "parallel_tool_calls=false is not supported yet.", param="parallel_tool_calls"
+
+
+def _constraint(
+    request: ChatCompletionRequest,
+    tools: Sequence[Mapping[str, Any]] | None,
+    thinking: bool,
+    backend: Backend,
+) -> str | None:
+    """The grammar for tool_choice required/named or a JSON response_format, if any."""
+    choice, fmt = request.tool_choice, request.response_format
+    grammar: str | None = None
+    param = "tool_choice"
+    if tools and (choice == "required" or isinstance(choice, NamedToolChoice)):
+        if isinstance(choice, NamedToolChoice):
+            tools = [t for t in tools if t["function"]["name"] == choice.function.name]
+        grammar = tool_call_grammar(
+            tools, thinking=thinking, parallel=request.parallel_tool_calls is not False
         )
+    elif fmt is not None and fmt.type != "text":
+        param = "response_format"
+        schema = fmt.json_schema.schema_ if fmt.json_schema is not None else None
+        grammar = json_grammar(schema, thinking=thinking)
+    if grammar is not None and not backend.supports_grammar:
+        raise UnsupportedParameterError(
+            f"This model's backend cannot constrain output, so {param} "
+            f"{'required or a named function' if param == 'tool_choice' else fmt and fmt.type!r}"
+            " cannot be enforced.",
+            param=param,
+        )
+    return grammar
 
 
 def thinking_enabled(request: ChatCompletionRequest) -> bool:
@@ -129,6 +163,7 @@ def prepare(registry: ModelRegistry, body: Mapping[str, Any]) -> PreparedChat:
     )
     route = select_route(request)
     sampling = merge_sampling([BUILTIN_ROUTES[route], client_sampling(request)])
+    grammar = _constraint(request, raw_tools, thinking, model.backend)
     return PreparedChat(
         request=request,
         model_name=request.model,
@@ -138,7 +173,15 @@ def prepare(registry: ModelRegistry, body: Mapping[str, Any]) -> PreparedChat:
         route=route,
         thinking=thinking,
         parse_tools=raw_tools,
+        grammar=grammar,
     )
+
+
+def _through_first_call(events: list[ParseEvent]) -> list[ParseEvent]:
+    for i, event in enumerate(events):
+        if isinstance(event, ToolCallEnd):
+            return events[: i + 1]
+    return events
 
 
 def _delta_for(event: ParseEvent, call_ids: list[str]) -> dict[str, Any] | None:
@@ -180,6 +223,10 @@ class ChatRun:
         self.tool_calls_ended = 0
         self.backend_finish: str | None = None
         self._left_reasoning = not prepared.thinking
+        # parallel_tool_calls=false: the generation ends with the first complete call.
+        self._single_call = (
+            prepared.request.parallel_tool_calls is False and prepared.parse_tools is not None
+        )
 
     async def start(self) -> None:
         """Wait until the backend admits the request; errors here still get a real status."""
@@ -198,8 +245,14 @@ class ChatRun:
         async for event in self._events:
             match event:
                 case Chunk(text, count):
+                    self.completion_tokens += count
                     parsed = self._parser.feed(text)
                     self._count_tokens(parsed, count)
+                    if self._single_call and self.tool_calls_ended:
+                        yield _through_first_call(parsed)
+                        self.backend_finish = "stop"
+                        await self.aclose()
+                        return
                     if parsed:
                         yield parsed
                 case Finished(reason, prompt_tokens, completion_tokens):

@@ -77,7 +77,7 @@ class EventStreamResponse(Response):
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self._body = body
-        self._headers = dict(headers or {})
+        self._extra_headers = dict(headers or {})
         self._on_close = on_close
         self.status_code = 200
         self.background = None
@@ -88,7 +88,7 @@ class EventStreamResponse(Response):
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
         ]
-        raw_headers += [(k.lower().encode(), v.encode()) for k, v in self._headers.items()]
+        raw_headers += [(k.lower().encode(), v.encode()) for k, v in self._extra_headers.items()]
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": raw_headers}
         )
