@@ -15,9 +15,10 @@ and free the engine.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from types import MappingProxyType
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length"]
 
@@ -85,6 +86,8 @@ class Backend(abc.ABC):
 
     #: Whether ``GenerationRequest.grammar`` is enforced.
     supports_grammar: bool = False
+    #: The lowest sampling layer: what this engine needs unless a route or client says else.
+    sampling_defaults: Mapping[str, Any] = MappingProxyType({})
 
     @abc.abstractmethod
     async def start(self) -> None: ...

@@ -39,7 +39,7 @@ from .glm47.parser import GLM47Parser
 from .glm47.render import render_prompt
 from .models import ModelRegistry, ServedModel
 from .protocol import ChatCompletionRequest, NamedToolChoice, OtherPart
-from .sampling import BUILTIN_ROUTES, client_sampling, merge_sampling, select_route
+from .sampling import resolve_sampling, select_route
 from .streaming import DONE, sse_data
 
 
@@ -137,39 +137,33 @@ def _constraint(
     return grammar
 
 
-def thinking_enabled(request: ChatCompletionRequest) -> bool:
-    kwargs = request.chat_template_kwargs
-    if kwargs is not None and kwargs.enable_thinking is not None:
-        return kwargs.enable_thinking
-    return request.reasoning_effort != "none"
-
-
 def prepare(registry: ModelRegistry, body: Mapping[str, Any]) -> PreparedChat:
     """Validate and render. ``body`` is the raw JSON: tools render in the client's key order."""
     request = ChatCompletionRequest.model_validate(body)
-    model = registry.resolve(request.model)
+    name = registry.resolve(request.model)
+    model = name.model
     _check_supported(request)
-    thinking = thinking_enabled(request)
-    kwargs = request.chat_template_kwargs
-    clear_thinking = kwargs is None or kwargs.clear_thinking is not False
+    route = select_route(request, name.route)
+    resolved = resolve_sampling(
+        request, route, model.routes[route], model.backend.sampling_defaults
+    )
+    thinking = resolved.enable_thinking
     offer_tools = bool(request.tools) and request.tool_choice != "none"
     raw_tools: list[Mapping[str, Any]] | None = body.get("tools") if offer_tools else None
     prompt = render_prompt(
         body["messages"],
         tools=raw_tools,
         enable_thinking=thinking,
-        clear_thinking=clear_thinking,
+        clear_thinking=resolved.clear_thinking,
         add_generation_prompt=request.add_generation_prompt,
     )
-    route = select_route(request)
-    sampling = merge_sampling([BUILTIN_ROUTES[route], client_sampling(request)])
     grammar = _constraint(request, raw_tools, thinking, model.backend)
     return PreparedChat(
         request=request,
         model_name=request.model,
         model=model,
         prompt=prompt,
-        sampling=sampling,
+        sampling=resolved.sampling,
         route=route,
         thinking=thinking,
         parse_tools=raw_tools,

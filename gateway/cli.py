@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pydantic
+import yaml
 
 from . import __version__
 from .settings import DEFAULT_MODEL_ID, Settings, load_settings
@@ -67,7 +68,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["models"] = [_model_from_flags(args)]
     settings = load_settings(args.config, **overrides)
     if not settings.models:
-        raise SystemExit("glm-gateway: no model to serve: give --model PATH.gguf or --config FILE")
+        raise ValueError("no model to serve: give --model PATH.gguf or --config FILE")
     return settings
 
 
@@ -85,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
     except pydantic.ValidationError as exc:
         print(f"glm-gateway: {_format_validation(exc)}", file=sys.stderr)
+        return 2
+    except yaml.YAMLError as exc:
+        print(f"glm-gateway: invalid YAML in {args.config}: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as exc:
         print(f"glm-gateway: {exc}", file=sys.stderr)

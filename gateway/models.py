@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from backends.base import Backend
 
 from .errors import ModelNotFoundError
+from .sampling import model_routes
 from .settings import (
     LlamaCppBackendSettings,
     ModelSettings,
+    RouteSettings,
     ScriptedBackendSettings,
 )
 
@@ -46,20 +48,38 @@ def build_backend(settings: ModelSettings) -> Backend:
 class ServedModel:
     settings: ModelSettings
     backend: Backend
-    load_error: str | None = field(default=None)
+    routes: dict[str, RouteSettings] = field(default_factory=dict)
+    load_error: str | None = None
+
+    def __post_init__(self) -> None:
+        self.routes = model_routes(self.settings)
 
     @property
     def id(self) -> str:
         return self.settings.id
 
 
+@dataclass(frozen=True, slots=True)
+class ModelName:
+    """A name clients may send: the id, an alias, or ``ID:ROUTE``; may pin a route."""
+
+    name: str
+    model: ServedModel
+    route: str | None = None
+
+
 class ModelRegistry:
     def __init__(self, models: list[ServedModel]) -> None:
         self._models = models
-        self._by_name: dict[str, ServedModel] = {}
+        self._by_name: dict[str, ModelName] = {}
         for model in models:
-            for name in (model.id, *model.settings.aliases):
-                self._by_name[name] = model
+            self._by_name[model.id] = ModelName(model.id, model)
+            for alias in model.settings.alias_settings():
+                self._by_name[alias.name] = ModelName(alias.name, model, alias.route)
+        for model in models:
+            for route in model.routes:
+                pinned = f"{model.id}:{route}"
+                self._by_name.setdefault(pinned, ModelName(pinned, model, route))
 
     @classmethod
     def from_settings(
@@ -72,15 +92,16 @@ class ModelRegistry:
     def __iter__(self) -> Iterator[ServedModel]:
         return iter(self._models)
 
-    def names(self) -> Iterator[tuple[str, ServedModel]]:
-        return iter(self._by_name.items())
+    def names(self) -> Iterator[ModelName]:
+        return iter(self._by_name.values())
 
-    def resolve(self, name: str) -> ServedModel:
+    def resolve(self, name: str) -> ModelName:
         try:
             return self._by_name[name]
         except KeyError:
             raise ModelNotFoundError(
-                f"The model {name!r} does not exist. Available: {', '.join(self._by_name)}",
+                f"The model {name!r} does not exist. Available: "
+                f"{', '.join(n for n, m in self._by_name.items() if m.route is None)}",
                 param="model",
             ) from None
 

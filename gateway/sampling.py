@@ -1,20 +1,23 @@
 """Sampling routes and the one merge that resolves a request's sampling.
 
-Precedence, lowest first: backend defaults < route defaults < what the client set. Each layer
-is a mapping of field name to value; a layer only speaks for the fields it holds, so ``None``
-from a client means "not set", never "reset to the engine default".
+Precedence, lowest first: backend defaults < route defaults < what the client set < route
+overrides. Each layer is a mapping of field name to value; a layer only speaks for the fields
+it holds, so ``None`` from a client means "not set", never "reset to the engine default".
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backends.base import SamplingParams
 
 from .protocol import ChatCompletionRequest
+
+if TYPE_CHECKING:
+    from .settings import ModelSettings, RouteSettings
 
 SAMPLING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SamplingParams))
 
@@ -35,7 +38,27 @@ BUILTIN_ROUTES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 )
 
 
-def select_route(request: ChatCompletionRequest) -> str:
+def model_routes(model: ModelSettings) -> dict[str, RouteSettings]:
+    """The model's routes: built-ins, with the configured fields laid over them."""
+    from .settings import RouteSettings
+
+    routes = {
+        name: RouteSettings.model_validate(dict(values)) for name, values in BUILTIN_ROUTES.items()
+    }
+    for name, configured in model.routes.items():
+        base = routes.get(name)
+        if base is None:
+            routes[name] = configured
+            continue
+        merged = base.model_dump()
+        merged.update(configured.model_dump(exclude_unset=True))
+        routes[name] = RouteSettings.model_validate(merged)
+    return routes
+
+
+def select_route(request: ChatCompletionRequest, pinned: str | None = None) -> str:
+    if pinned is not None:
+        return pinned
     if request.tools and request.tool_choice != "none":
         return TOOLS
     return GENERAL
@@ -77,3 +100,52 @@ def merge_sampling(layers: Sequence[Mapping[str, Any]]) -> SamplingParams:
     if "stop" in merged:
         merged["stop"] = tuple(merged["stop"])
     return SamplingParams(**merged)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSampling:
+    route: str
+    sampling: SamplingParams
+    enable_thinking: bool
+    clear_thinking: bool
+
+
+def resolve_sampling(
+    request: ChatCompletionRequest,
+    route_name: str,
+    route: RouteSettings,
+    backend_defaults: Mapping[str, Any],
+) -> ResolvedSampling:
+    """Sampling and template switches for one request, by the precedence above."""
+    sampling = merge_sampling(
+        [
+            backend_defaults,
+            route.defaults_layer(),
+            client_sampling(request),
+            route.overrides.layer(),
+        ]
+    )
+    # Template switches: route default < client; reasoning_effort "none" is the client's too.
+    enable_thinking = route.chat_template_kwargs.enable_thinking
+    clear_thinking = route.chat_template_kwargs.clear_thinking
+    if request.reasoning_effort is not None:
+        enable_thinking = request.reasoning_effort != "none"
+    kwargs = request.chat_template_kwargs
+    if kwargs is not None:
+        if kwargs.enable_thinking is not None:
+            enable_thinking = kwargs.enable_thinking
+        if kwargs.clear_thinking is not None:
+            clear_thinking = kwargs.clear_thinking
+    return ResolvedSampling(
+        route=route_name,
+        sampling=sampling,
+        enable_thinking=True if enable_thinking is None else enable_thinking,
+        clear_thinking=True if clear_thinking is None else clear_thinking,
+    )
+
+
+def sampling_dict(params: SamplingParams) -> dict[str, Any]:
+    out = {f: getattr(params, f) for f in SAMPLING_FIELDS if getattr(params, f) not in (None, ())}
+    if "stop" in out:
+        out["stop"] = list(out["stop"])
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -43,10 +44,69 @@ BackendSettings = Annotated[
 ]
 
 
+class SamplingSettings(_Strict):
+    """Sampling fields a route may set; unset fields leave the layer below in force."""
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(None, gt=0.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    seed: int | None = None
+    max_tokens: int | None = Field(None, ge=1)
+
+    def layer(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class TemplateSettings(_Strict):
+    enable_thinking: bool | None = None
+    clear_thinking: bool | None = None
+
+
+class RouteSettings(SamplingSettings):
+    """A named set of sampling defaults; ``overrides`` win even over what the client sent."""
+
+    chat_template_kwargs: TemplateSettings = Field(default_factory=TemplateSettings)
+    overrides: SamplingSettings = Field(default_factory=lambda: SamplingSettings())
+
+    def defaults_layer(self) -> dict[str, Any]:
+        return SamplingSettings.model_validate(
+            self.model_dump(exclude={"chat_template_kwargs", "overrides"})
+        ).layer()
+
+
+class AliasSettings(_Strict):
+    name: str
+    # Pins a sampling route for clients that cannot send sampling fields.
+    route: str | None = None
+
+
 class ModelSettings(_Strict):
     id: str = DEFAULT_MODEL_ID
-    aliases: list[str] = Field(default_factory=list)
+    aliases: list[str | AliasSettings] = Field(default_factory=list)
     backend: BackendSettings
+    # Merged over the built-in ``general`` and ``tools`` routes, field by field; other names
+    # add routes reachable through an alias (or ``ID:ROUTE``).
+    routes: dict[str, RouteSettings] = Field(default_factory=dict)
+
+    def alias_settings(self) -> list[AliasSettings]:
+        return [a if isinstance(a, AliasSettings) else AliasSettings(name=a) for a in self.aliases]
+
+    @model_validator(mode="after")
+    def _alias_routes_exist(self) -> ModelSettings:
+        from .sampling import BUILTIN_ROUTES
+
+        known = {*BUILTIN_ROUTES, *self.routes}
+        for i, alias in enumerate(self.alias_settings()):
+            if alias.route is not None and alias.route not in known:
+                raise ValueError(
+                    f"aliases[{i}] pins route {alias.route!r}, which is not defined; "
+                    f"routes: {', '.join(sorted(known))}"
+                )
+        return self
 
     @field_validator("id")
     @classmethod
@@ -73,7 +133,7 @@ class Settings(BaseSettings):
     def _unique_names(self) -> Settings:
         seen: set[str] = set()
         for model in self.models:
-            for name in (model.id, *model.aliases):
+            for name in (model.id, *(a.name for a in model.alias_settings())):
                 if name in seen:
                     raise ValueError(f"model name {name!r} is used twice")
                 seen.add(name)
@@ -101,6 +161,10 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     path = Path(config_file)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    with path.open(encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of settings")
     with_file = type(
         "FileSettings",
         (Settings,),

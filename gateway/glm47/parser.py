@@ -18,6 +18,7 @@ they are plain text. ``</think>`` ends the reasoning once; afterwards it is text
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from enum import IntEnum
 from typing import Any, NamedTuple
@@ -111,9 +112,12 @@ def _tables(tools: bool) -> tuple[_TagTable | None, ...]:
     return tuple(by_state.get(state, in_call) for state in _State)
 
 
+_SPACES = re.compile(r"\s*")  # what str.strip() strips (Py_UNICODE_ISSPACE)
+
 _TABLES_WITH_TOOLS = _tables(True)
 _TABLES_WITHOUT_TOOLS = _tables(False)
 
+_COLLECTING = frozenset({_CALL_NAME, _ARG_KEY, _JSON_VALUE})  # the states whose text goes to _buf
 _CALL_STATES = frozenset(
     {
         _CALL_NAME,
@@ -183,40 +187,32 @@ class GLM47Parser:
             if text:
                 self._text(text)
             return events
+        pos = 0  # where to look for the next '<'
+        if self._state is _LEAD:
+            pos = self._lead(text)
         # Scan for '<'. Text between tags goes to the current state's sink in one piece (a '<' that
         # begins no tag stays part of it); a possible tag cut off by the end of the chunk is held.
         n = len(text)
-        start = 0  # start of the text not yet handed to a sink
-        pos = 0  # where to look for the next '<'
+        start = pos  # start of the text not yet handed to a sink
         held_at = -1  # where a possible tag starts that the chunk cuts off
         tables = self._tables
-        while True:
-            state = self._state
-            table = tables[state]
-            if table is None:  # nothing to recognize (content without tools; after finish)
-                break
+        table = tables[self._state]
+        while table is not None:  # (None: nothing to recognize, e.g. content without tools)
             j = text.find("<", pos)
             if j < 0:
                 break
-            if state is _LEAD and j > start:
-                # Text may end the lead (and with it the <think> tag): settle it first.
-                self._text(text[start:j])
-                start = pos = j
-                continue
             tag = table.by_key.get(text[j : j + _KEY_LEN])
             if tag is not None and text.startswith(tag, j):
                 if j > start:
                     self._text(text[start:j])
                 start = pos = j + len(tag)
                 _ON_TAG[tag](self)
+                table = tables[self._state]
                 continue
             if n - j < table.longest and text[j:] in table.prefixes:
                 held_at = j
                 break
             pos = j + 1  # a '<' that begins no tag: plain text
-            if state is _LEAD:
-                self._text(text[start:pos])
-                start = pos
         end = n
         if held_at >= 0:
             self._held = text[held_at:]
@@ -240,19 +236,48 @@ class GLM47Parser:
         self._state = _DONE
         return events
 
+    def _lead(self, text: str) -> int:
+        """Start of the output, thinking on: skip whitespace and the tags that may come first.
+
+        Returns where the main scan goes on (the state has left LEAD unless all was consumed).
+        """
+        table = self._tables[_LEAD]
+        assert table is not None
+        n = len(text)
+        pos = 0
+        while True:
+            pos = _SPACES.match(text, pos).end()  # (leading whitespace of the reasoning: dropped)
+            if pos == n:
+                return n
+            if text[pos] != "<":
+                break
+            tag = table.by_key.get(text[pos : pos + _KEY_LEN])
+            if tag is not None and text.startswith(tag, pos):
+                pos += len(tag)
+                _ON_TAG[tag](self)  # <think> is dropped; a stray tool tag too
+                if self._state is not _LEAD:
+                    return pos
+                continue
+            if n - pos < table.longest and text[pos:] in table.prefixes:
+                self._held = text[pos:]
+                return n
+            break
+        self._state = _REASONING
+        return pos
+
     def _text(self, text: str) -> None:
         """Hand text between tags to the current state's sink."""
         state = self._state
         if state is _STRING_VALUE:
             self._events.append(ToolCallArguments(self._call_index - 1, encode_string(text)[1:-1]))
+        elif state in _COLLECTING:
+            self._buf.append(text)
         elif state is _CONTENT or state is _REASONING:
             self._section_text(text)
         elif state is _LEAD:
             self._section_text(text)
             if self._text_started:
                 self._state = _REASONING
-        elif state is _CALL_NAME or state is _ARG_KEY or state is _JSON_VALUE:
-            self._buf.append(text)
         # BEFORE_VALUE, BETWEEN_ARGS: whitespace (or stray text) between tags is ignored.
 
     def _section_text(self, text: str) -> None:

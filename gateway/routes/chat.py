@@ -12,6 +12,7 @@ from ..chat import ChatRun, PreparedChat, prepare
 from ..errors import InvalidRequestError
 from ..models import ModelRegistry
 from ..protocol import ChatCompletionRequest
+from ..sampling import sampling_dict
 from ..streaming import ClientDisconnected, EventStreamResponse, run_until_disconnect
 
 router = APIRouter()
@@ -71,4 +72,12 @@ async def chat_completions(request: Request) -> Response:
 @router.post("/v1/chat/completions/render", openapi_extra=_BODY_SCHEMA)
 async def render(request: Request) -> Response:
     prepared = await _prepare(request)
-    return JSONResponse({"prompt": prepared.prompt}, headers=_headers(prepared))
+    return JSONResponse(
+        {
+            "prompt": prepared.prompt,
+            "route": prepared.route,
+            "sampling": sampling_dict(prepared.sampling),
+            "enable_thinking": prepared.thinking,
+        },
+        headers=_headers(prepared),
+    )

@@ -7,45 +7,63 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ..models import ModelRegistry, ServedModel
+from ..models import ModelName, ModelRegistry, ServedModel
 
 router = APIRouter()
 
 
-def _card(name: str, model: ServedModel) -> dict[str, Any]:
+def _card(entry: ModelName) -> dict[str, Any]:
+    model = entry.model
     info = model.backend.info
-    return {
-        "id": name,
+    card: dict[str, Any] = {
+        "id": entry.name,
         "object": "model",
         "created": 0,
         "owned_by": info.owned_by,
         "root": model.id,
         "context_length": info.context_length,
         "ready": model.backend.ready,
+        "capabilities": {
+            "reasoning": True,
+            "tools": True,
+            "constrained_output": model.backend.supports_grammar,
+        },
+        # What each route injects when the client sends nothing, so clients can configure
+        # themselves; ``overrides`` are pinned and win even over the client.
+        "sampling": {
+            name: {
+                **route.defaults_layer(),
+                **({"overrides": route.overrides.layer()} if route.overrides.layer() else {}),
+            }
+            for name, route in model.routes.items()
+        },
     }
+    if entry.route is not None:
+        card["route"] = entry.route
+    return card
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    registry: ModelRegistry = request.app.state.registry
+    return {"object": "list", "data": [_card(entry) for entry in registry.names()]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    registry: ModelRegistry = request.app.state.registry
+    return _card(registry.resolve(model_id))
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
 
 
 def _state(model: ServedModel) -> str:
     if model.backend.ready:
         return "ready"
     return f"failed: {model.load_error}" if model.load_error else "loading"
-
-
-@router.get("/v1/models")
-async def list_models(request: Request) -> dict[str, Any]:
-    registry: ModelRegistry = request.app.state.registry
-    return {"object": "list", "data": [_card(name, model) for name, model in registry.names()]}
-
-
-@router.get("/v1/models/{model_id:path}")
-async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-    registry: ModelRegistry = request.app.state.registry
-    return _card(model_id, registry.resolve(model_id))
-
-
-@router.get("/health")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
 
 
 @router.get("/ready")

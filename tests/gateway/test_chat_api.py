@@ -129,7 +129,7 @@ def test_reasoning_effort_none_turns_thinking_off() -> None:
 
 def test_render_endpoint_returns_exact_prompt_and_add_generation_prompt(client: TestClient) -> None:
     r = client.post("/v1/chat/completions/render", json=chat())
-    assert r.json() == {"prompt": "[gMASK]<sop><|user|>Hi<|assistant|><think>"}
+    assert r.json()["prompt"] == "[gMASK]<sop><|user|>Hi<|assistant|><think>"
     messages = [
         {"role": "user", "content": "Q"},
         {"role": "assistant", "content": "A", "reasoning_content": "R"},
@@ -161,7 +161,18 @@ def test_glm_stop_token_ends_generation_and_is_not_returned() -> None:
 def test_models_and_health(client: TestClient) -> None:
     listing = client.get("/v1/models").json()
     assert listing["object"] == "list"
-    assert [m["id"] for m in listing["data"]] == [MODEL]
+    assert [m["id"] for m in listing["data"]] == [MODEL, f"{MODEL}:general", f"{MODEL}:tools"]
+    card = listing["data"][0]
+    assert card["context_length"] == 202_752
+    assert card["capabilities"]["reasoning"] is True
+    assert card["sampling"]["general"]["temperature"] == 1.0
+    assert card["sampling"]["tools"] == {
+        "temperature": 0.7,
+        "top_p": 1.0,
+        "min_p": 0.01,
+        "repeat_penalty": 1.0,
+    }
+    assert listing["data"][2]["route"] == "tools"
     assert client.get(f"/v1/models/{MODEL}").json()["id"] == MODEL
     missing = client.get("/v1/models/nope")
     assert missing.status_code == 404
@@ -174,7 +185,8 @@ def test_alias_resolves_and_is_echoed() -> None:
     with make_client(ScriptedResponse(("a</think>b",)), aliases=["glm"]) as c:
         r = c.post("/v1/chat/completions", json={**chat(), "model": "glm"})
         assert r.json()["model"] == "glm"
-        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == [MODEL, "glm"]
+        ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
+        assert ids[:2] == [MODEL, "glm"]
 
 
 def assert_error(r: Any, status: int, param: str | None, code: str | None = None) -> dict[str, Any]:
