@@ -108,6 +108,8 @@ class _Job:
     seed: int
     sampling: dict[str, float]
     emit: Callable[[_Item], None]
+    # A compiled LlamaGrammar, or None.
+    grammar: Any = None
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -153,7 +155,6 @@ class _Engine:
         self.n_ctx = int(self._llm.n_ctx())
         self.n_batch = int(self._llm.n_batch)
         self.n_ctx_train = int(lib.llama_model_n_ctx_train(self._llm.model))
-        self.n_vocab = int(self._llm.n_vocab())
         # Prompt tokens whose KV entries sit in the cache, computed by prompt evaluation in
         # n_batch-aligned chunks (see ``_eval_prompt``).
         self._kv_prompt: list[int] = []
@@ -170,6 +171,16 @@ class _Engine:
         # add_bos=False: the prompt carries its own prefix (GLM: [gMASK]<sop>).
         ids: list[Any] = self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         return [int(t) for t in ids]
+
+    def compile_grammar(self, gbnf: str) -> Any:
+        # A grammar that does not compile is the gateway's bug, not the client's, but it is
+        # the client's schema that produced it: report it as a 400 naming nothing secret.
+        try:
+            return self._lib.LlamaGrammar.from_string(gbnf, verbose=False)
+        except ValueError as exc:
+            raise InvalidRequestError(
+                f"The output constraint could not be compiled into a grammar: {exc}"
+            ) from exc
 
     def prepare(self, prompt: str, stop_tokens: Sequence[str]) -> _Prepared:
         stop_ids: set[int] = set()
@@ -195,7 +206,9 @@ class _Engine:
             return
         # A job cancelled by its consumer reports to nobody; one cancelled by aclose() must
         # still end its consumer's wait.
-        job.emit(finished or BackendUnavailableError("the model was unloaded mid-generation"))
+        job.emit(
+            finished or BackendUnavailableError("the model is being unloaded; generation stopped")
+        )
 
     def _run(self, job: _Job) -> Finished | None:
         tokens = job.prompt_tokens
@@ -213,7 +226,7 @@ class _Engine:
             # _eval_prompt) and samples straight away; each next() decodes the previous
             # token, then samples.
             llm.set_seed(job.seed)
-            gen = llm.generate(tokens, reset=True, **job.sampling)
+            gen = llm.generate(tokens, reset=True, grammar=job.grammar, **job.sampling)
             try:
                 for raw in gen:
                     token = int(raw)
@@ -380,6 +393,8 @@ class _Turns:
 
 
 class LlamaCppBackend(Backend):
+    supports_grammar = True
+
     def __init__(self, options: LlamaCppOptions) -> None:
         self._options = options
         self._engine: _Engine | None = None
@@ -474,6 +489,11 @@ class LlamaCppBackend(Backend):
         finished: Finished | None = None
         try:
             prepared = await asyncio.to_thread(engine.prepare, request.prompt, request.stop_tokens)
+            grammar = (
+                await asyncio.to_thread(engine.compile_grammar, request.grammar)
+                if request.grammar is not None
+                else None
+            )
             n_prompt = len(prepared.prompt_tokens)
             if n_prompt == 0:
                 raise InvalidRequestError("The prompt is empty.", param="messages")
@@ -514,6 +534,7 @@ class LlamaCppBackend(Backend):
                 sampling=_sampling_kwargs(sampling),
                 emit=emit,
                 cancel=cancel,
+                grammar=grammar,
             )
             self._active = job
             worker = loop.run_in_executor(executor, engine.run, job)
@@ -549,7 +570,8 @@ class LlamaCppBackend(Backend):
                 # The engine is only handed on once the worker has really stopped using it.
                 cancel.set()
                 await _join(worker)
-                self._active = None
+                if self._active is job:  # a later request may already have its own job here
+                    self._active = None
         finally:
             turn.release()
         # Outside the try: the engine is handed on whether or not the consumer asks for more.

@@ -345,7 +345,9 @@ class ChatRun:
 
         call_ids: list[str] = []
         try:
-            yield chunk({"role": "assistant", "content": ""})
+            # content null, not "": the SDK's stream helpers then assemble the same message as
+            # the non-streaming response when the model only calls tools.
+            yield chunk({"role": "assistant", "content": None})
             async for group in self.parse_events():
                 for event in group:
                     delta = _delta_for(event, call_ids)

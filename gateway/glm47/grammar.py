@@ -42,8 +42,9 @@ _JSON_RULES = {
     "json-string": r'"\"" json-char* "\""',
     "json-char": r'[^"\\\x00-\x1f] | "\\" (["\\/bfnrt] | "u" hex hex hex hex)',
     "hex": "[0-9a-fA-F]",
-    "json-integer": '"-"? ("0" | [1-9] [0-9]*)',
-    "json-number": 'json-integer ("." [0-9]+)? ([eE] [-+]? [0-9]+)?',
+    # Digits are bounded: small models otherwise emit digits until the token limit.
+    "json-integer": '"-"? ("0" | [1-9] [0-9]{0,15})',
+    "json-number": 'json-integer ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})?',
     "json-boolean": '"true" | "false"',
     "json-null": '"null"',
     "json-value": "json-object | json-array | json-string | json-number | json-boolean | json-null",
@@ -188,7 +189,7 @@ class GrammarBuilder:
         members = [
             (
                 key in required,
-                f"{literal(json.dumps(key, ensure_ascii=False))} ws \":\" ws "
+                f'{literal(json.dumps(key, ensure_ascii=False))} ws ":" ws '
                 + self.json_for(sub, depth + 1),
             )
             for key, sub in properties.items()

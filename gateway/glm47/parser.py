@@ -11,9 +11,13 @@ name, the current key, a streamed string value, a buffered JSON value, or nowher
 between tags). A ``<`` that may still begin one of the state's tags at the end of a chunk is held
 back (at most a tag's length); once it cannot, it is ordinary text. Tags never reach an event.
 
-With tools offered the six tool tags are markup everywhere (a stray one outside its place is
-dropped, and a call the model forgot to close is closed by the next ``<tool_call>``); without tools
-they are plain text. ``</think>`` ends the reasoning once; afterwards it is text like any other.
+With tools offered the six tool tags are markup everywhere, so no event ever carries one; without
+tools they are plain text. Malformed markup is repaired, never raised on: a stray tag outside its
+place is dropped; a missing ``</arg_key>``/``</arg_value>``/``</tool_call>`` is implied by the next
+tag that needs it (``<arg_value>``, ``<arg_key>``, ``<tool_call>``); a key without a value is
+dropped; a ``<tool_call>`` inside a call whose name is not complete yet starts over. Every call
+announced by ``ToolCallStart`` thus ends with valid JSON arguments, unless the output stops inside.
+``</think>`` ends the reasoning once; afterwards it is text like any other.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ __all__ = ["GLM47Parser"]
 
 
 class _State(IntEnum):
-    """Where the parser is. (An ``IntEnum`` so that it indexes ``_TABLES`` cheaply.)"""
+    """Where the parser is. (An ``IntEnum`` so that it indexes the tag tables cheaply.)"""
 
     LEAD = 0  # thinking on, nothing but whitespace yet: a ``<think>`` here is dropped
     REASONING = 1
@@ -150,6 +154,7 @@ class GLM47Parser:
         "_state",
         "_tables",
         "_text_started",
+        "_types",
         "_ws",
     )
 
@@ -167,6 +172,7 @@ class GLM47Parser:
         self._call_name = ""
         self._nargs = 0  # arguments opened so far
         self._key = ""
+        self._types: frozenset[str] | None = None  # JSON types the open value's schema allows
         self._buf: list[str] = []  # name, key or JSON value being collected (as the state says)
 
     # -- public API -------------------------------------------------------------------------------
@@ -246,7 +252,9 @@ class GLM47Parser:
         n = len(text)
         pos = 0
         while True:
-            pos = _SPACES.match(text, pos).end()  # (leading whitespace of the reasoning: dropped)
+            spaces = _SPACES.match(text, pos)  # (leading whitespace of the reasoning: dropped)
+            if spaces is not None:  # (always: the pattern matches the empty string)
+                pos = spaces.end()
             if pos == n:
                 return n
             if text[pos] != "<":
@@ -288,15 +296,16 @@ class GLM47Parser:
                 return
             self._text_started = True
         core = text.rstrip()
-        if not core:
-            self._ws.append(text)
-            return
-        tail = text[len(core) :]
-        if self._ws:
-            core = "".join(self._ws) + core
-            self._ws.clear()
-        if tail:
-            self._ws.append(tail)
+        if len(core) < len(text) or self._ws:
+            if not core:
+                self._ws.append(text)
+                return
+            tail = text[len(core) :]
+            if self._ws:
+                core = "".join(self._ws) + core
+                self._ws.clear()
+            if tail:
+                self._ws.append(tail)
         if self._state is _CONTENT:
             self._events.append(ContentDelta(core))
         else:
@@ -379,7 +388,7 @@ class GLM47Parser:
     def _open_value(self) -> None:
         opening = "{" if self._nargs == 0 else ", "
         self._nargs += 1
-        types = self._schemas.param_types(self._call_name, self._key)
+        types = self._types = self._schemas.param_types(self._call_name, self._key)
         if is_string_only(types):
             self._emit_args(f'{opening}{encode_string(self._key)}: "')
             self._state = _STRING_VALUE
@@ -391,8 +400,7 @@ class GLM47Parser:
         """The JSON text that completes the open value."""
         if self._state is _STRING_VALUE:
             return '"'
-        types = self._schemas.param_types(self._call_name, self._key)
-        value = encode_value("".join(self._buf), types)
+        value = encode_value("".join(self._buf), self._types)
         self._buf.clear()
         return value
 

@@ -34,7 +34,15 @@ __all__ = [
 JSON_TYPES = frozenset({"string", "number", "integer", "boolean", "null", "array", "object"})
 
 _STRING_OR_NULL = frozenset({"string", "null"})
-_PYTHON_LITERALS: Mapping[str, Any] = {"True": True, "False": False, "None": None}
+# JSON's literals, and Python's, which the model writes now and then.
+_LITERALS: Mapping[str, Any] = {
+    "true": True,
+    "false": False,
+    "null": None,
+    "True": True,
+    "False": False,
+    "None": None,
+}
 _MAX_DEPTH = 32
 
 # ``json.dumps(value, ensure_ascii=False)`` without building an encoder per call.
@@ -145,12 +153,30 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _decode(text: str) -> tuple[bool, Any]:
-    if text in _PYTHON_LITERALS:
-        return True, _PYTHON_LITERALS[text]
+    if text in _LITERALS:
+        return True, _LITERALS[text]
+    if text.isdigit() and text.isascii() and (text[0] != "0" or len(text) == 1):
+        try:
+            return True, int(text)  # (the common case, without the decoder's overhead)
+        except ValueError:  # more digits than int() converts: json.loads refuses them too
+            return False, None
     try:
         return True, _DECODER.decode(text)
     except (ValueError, RecursionError):
         return False, None
+
+
+def _encode(value: Any) -> str:
+    """``json.dumps(value, ensure_ascii=False)``, scalars without the encoder's overhead."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if type(value) is int:
+        return int.__repr__(value)
+    return _ENCODER.encode(value)
 
 
 def encode_value(raw: str, types: frozenset[str] | None) -> str:
@@ -160,7 +186,7 @@ def encode_value(raw: str, types: frozenset[str] | None) -> str:
     if not ok or (not json_type_allowed(value, types) and types is not None and "string" in types):
         return encode_basestring(text)
     try:
-        return _ENCODER.encode(value)
+        return _encode(value)
     except (ValueError, RecursionError):
         return encode_basestring(text)
 

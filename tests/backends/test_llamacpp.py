@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import pytest_asyncio
@@ -350,6 +351,18 @@ async def test_requests_take_turns_in_arrival_order(glm: LlamaCppBackend) -> Non
     # Each request runs start to finish before the next starts, in the order they came.
     assert names == sorted(names)
     assert [kind for name, kind in log if kind != "Chunk"] == ["Started", "Finished"] * 3
+
+
+async def test_engine_error_reaches_the_consumer(glm: LlamaCppBackend) -> None:
+    # A value llama.cpp's bindings reject: the error is raised on the engine thread.
+    bad = SamplingParams(top_k=cast(int, "many"), max_tokens=4)
+    stream = glm.generate(GenerationRequest(glm_prompt("Hi"), bad))
+    assert isinstance(await anext(stream), Started)
+    with pytest.raises(BackendError):
+        await asyncio.wait_for(anext(stream), 10)
+    # The engine serves the next request as if nothing happened.
+    events = await collect(glm, glm_prompt("What is the capital of France?"), GREEDY, STOP_TOKENS)
+    assert text_of(events).endswith("The capital of France is Paris.")
 
 
 # -- lifecycle ---------------------------------------------------------------------------------

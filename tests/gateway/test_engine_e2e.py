@@ -35,7 +35,7 @@ def _served(path: Path, n_ctx: int) -> tuple[Settings, LlamaCppBackend]:
             )
         ]
     )
-    backend = LlamaCppBackend(LlamaCppOptions(model_path=str(path), n_ctx=n_ctx, n_threads=2))
+    backend = LlamaCppBackend(LlamaCppOptions(model_path=str(path), n_ctx=n_ctx))
     return settings, backend
 
 
@@ -225,16 +225,16 @@ def test_tiny_reasoning_and_content_split(tiny: str) -> None:
     # The stop token <|user|> ended generation well before max_tokens and is not in the text.
     assert reply.usage is not None and reply.usage.completion_tokens < 64
     assert reply.usage.completion_tokens_details is not None
-    assert 0 < reply.usage.completion_tokens_details.reasoning_tokens < reply.usage.completion_tokens
+    assert (
+        0 < reply.usage.completion_tokens_details.reasoning_tokens < reply.usage.completion_tokens
+    )
 
 
 def test_tiny_streaming_equals_non_streaming(tiny: str) -> None:
     client = sdk(tiny)
     for question in ("What is the capital of France?", "What is the capital of Italy?"):
         whole = ask(client, question, temperature=0, max_tokens=64)
-        streamed = collect_stream(
-            ask(client, question, temperature=0, max_tokens=64, stream=True)
-        )
+        streamed = collect_stream(ask(client, question, temperature=0, max_tokens=64, stream=True))
         extra = whole.choices[0].message.model_extra or {}
         assert streamed["reasoning"] == extra["reasoning_content"]
         assert streamed["content"] == whole.choices[0].message.content

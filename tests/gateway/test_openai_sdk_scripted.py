@@ -88,4 +88,4 @@ def test_sdk_sees_openai_errors(client: openai.OpenAI) -> None:
 
 
 def test_sdk_lists_models(client: openai.OpenAI) -> None:
-    assert [m.id for m in client.models.list()][0] == "glm-4.7-flash"
+    assert next(m.id for m in client.models.list()) == "glm-4.7-flash"
