@@ -16,6 +16,7 @@ from .settings import (
     ModelSettings,
     RouteSettings,
     ScriptedBackendSettings,
+    VllmBackendSettings,
 )
 
 logger = logging.getLogger("glm_gateway.models")
@@ -42,6 +43,10 @@ def build_backend(settings: ModelSettings) -> Backend:
             from backends.scripted import ScriptedBackend
 
             return ScriptedBackend(path=opts.path, context_length=opts.context_length)
+        case VllmBackendSettings() as opts:
+            from backends.vllm import VllmBackend
+
+            return VllmBackend.from_settings(opts)
 
 
 @dataclass(slots=True)
