@@ -84,6 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        from .app import create_app
+
+        # Builds the backends; a Hugging Face model spec is resolved (downloaded) here.
+        app = create_app(settings)
     except pydantic.ValidationError as exc:
         print(f"glm-gateway: {_format_validation(exc)}", file=sys.stderr)
         return 2
@@ -96,13 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    from .app import create_app
-
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

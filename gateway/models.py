@@ -28,9 +28,12 @@ def build_backend(settings: ModelSettings) -> Backend:
             # Imported here: llama-cpp-python is an optional dependency.
             from backends.llamacpp import LlamaCppBackend, LlamaCppOptions
 
+            from .model_source import resolve_model
+
+            # A Hugging Face spec downloads here, once, with a progress bar, before serving.
             return LlamaCppBackend(
                 LlamaCppOptions(
-                    model_path=opts.model,
+                    model_path=str(resolve_model(opts.model)),
                     n_ctx=opts.n_ctx,
                     n_gpu_layers=opts.n_gpu_layers,
                     n_threads=opts.threads,

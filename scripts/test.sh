@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# docker-compose validates the compose file without an engine (Debian's package; no recommends,
+# which would pull in the whole Docker engine).
+if ! command -v docker-compose >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+fi
+
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

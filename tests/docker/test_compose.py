@@ -182,6 +182,14 @@ def test_gateway_vllm_talks_to_the_vllm_service(services: dict[str, dict[str, An
     assert backend["connect_timeout"] == 10 and backend["read_timeout"] == 600
 
 
+def test_vllm_config_is_valid_gateway_settings() -> None:
+    from gateway.settings import load_settings
+
+    settings = load_settings(ROOT / "config" / "vllm.yaml")
+    assert [m.id for m in settings.models] == ["glm-4.7-flash"]
+    assert settings.models[0].backend.type == "vllm"
+
+
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
 def test_dockerfiles(dockerfile: str) -> None:
     text = (DOCKER / dockerfile).read_text()
