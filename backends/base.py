@@ -86,6 +86,8 @@ class Backend(abc.ABC):
 
     #: Whether ``GenerationRequest.grammar`` is enforced.
     supports_grammar: bool = False
+    #: Generations it runs at once; the gateway queues the rest. None: no limit of its own.
+    max_concurrency: int | None = None
     #: The lowest sampling layer: what this engine needs unless a route or client says else.
     sampling_defaults: Mapping[str, Any] = MappingProxyType({})
 

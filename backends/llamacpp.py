@@ -394,6 +394,7 @@ class _Turns:
 
 class LlamaCppBackend(Backend):
     supports_grammar = True
+    max_concurrency = 1
 
     def __init__(self, options: LlamaCppOptions) -> None:
         self._options = options

@@ -11,6 +11,7 @@ from typing import Any
 import pydantic
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -18,8 +19,11 @@ from backends.base import Backend
 
 from . import __version__
 from .errors import GatewayError, InvalidRequestError
+from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from .models import ModelRegistry
+from .observability import Metrics
 from .routes import chat, models
+from .routes import metrics as metrics_route
 from .settings import Settings
 
 logger = logging.getLogger("glm_gateway")
@@ -58,8 +62,11 @@ def error_response(exc: GatewayError) -> JSONResponse:
 
 def _install_error_handlers(app: FastAPI) -> None:
     # The one place where errors become HTTP.
-    async def on_gateway_error(_: Request, exc: Exception) -> Response:
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
+        record = request.scope.get("state", {}).get("record")
+        if record is not None:
+            record.error = exc.code or exc.error_type
         return error_response(exc)
 
     async def on_pydantic_error(_: Request, exc: Exception) -> Response:
@@ -87,6 +94,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = None) -> FastAPI:
     """Build the app. ``backends`` (by model id) replaces backends built from settings."""
     registry = ModelRegistry.from_settings(settings.models, backends)
+    metrics = Metrics(registry)
+    api_keys = settings.load_api_keys()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,7 +111,24 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
     app = FastAPI(title="glm-gateway", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
+    app.state.metrics = metrics
     _install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(models.router)
+    app.include_router(metrics_route.router)
+
+    # Added innermost first: the request context (ids, access log) wraps everything, so 401s
+    # and 413s are logged and counted too.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=api_keys)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
+            expose_headers=["x-request-id", "x-sampling-route", "x-gateway-overhead-ms"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, log_format=settings.log_format)
     return app

@@ -7,11 +7,12 @@ streaming and non-streaming paths share the same parser events, so their results
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from backends.base import (
     Backend,
@@ -23,7 +24,14 @@ from backends.base import (
     Started,
 )
 
-from .errors import BackendError, InvalidRequestError, UnsupportedParameterError
+from .admission import Slot
+from .errors import (
+    BackendError,
+    BackendTimeoutError,
+    ContextLengthExceededError,
+    InvalidRequestError,
+    UnsupportedParameterError,
+)
 from .glm47 import tokens
 from .glm47.events import (
     ContentDelta,
@@ -38,9 +46,12 @@ from .glm47.grammar import json_grammar, tool_call_grammar
 from .glm47.parser import GLM47Parser
 from .glm47.render import render_prompt
 from .models import ModelRegistry, ServedModel
+from .observability import Metrics, RequestRecord
 from .protocol import ChatCompletionRequest, NamedToolChoice, OtherPart
 from .sampling import resolve_sampling, select_route
 from .streaming import DONE, sse_data
+
+T = TypeVar("T")
 
 
 def new_id(prefix: str) -> str:
@@ -137,11 +148,42 @@ def _constraint(
     return grammar
 
 
-def prepare(registry: ModelRegistry, body: Mapping[str, Any]) -> PreparedChat:
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_messages: int = 4096
+    max_tools: int = 512
+
+
+def _check_limits(request: ChatCompletionRequest, limits: Limits, model: ServedModel) -> None:
+    if len(request.messages) > limits.max_messages:
+        raise InvalidRequestError(
+            f"Too many messages: {len(request.messages)}; the limit is {limits.max_messages}.",
+            param="messages",
+        )
+    if request.tools and len(request.tools) > limits.max_tools:
+        raise InvalidRequestError(
+            f"Too many tools: {len(request.tools)}; the limit is {limits.max_tools}.",
+            param="tools",
+        )
+    cap = model.settings.max_tokens_limit
+    asked = request.max_completion_tokens or request.max_tokens
+    if cap is not None and asked is not None and asked > cap:
+        param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        raise InvalidRequestError(
+            f"{param} is {asked}, more than this model allows per request ({cap}).",
+            param=param,
+            code="max_tokens_exceeded",
+        )
+
+
+def prepare(
+    registry: ModelRegistry, body: Mapping[str, Any], limits: Limits | None = None
+) -> PreparedChat:
     """Validate and render. ``body`` is the raw JSON: tools render in the client's key order."""
     request = ChatCompletionRequest.model_validate(body)
     name = registry.resolve(request.model)
     model = name.model
+    _check_limits(request, limits or Limits(), model)
     _check_supported(request)
     route = select_route(request, name.route)
     resolved = resolve_sampling(
@@ -158,12 +200,16 @@ def prepare(registry: ModelRegistry, body: Mapping[str, Any]) -> PreparedChat:
         add_generation_prompt=request.add_generation_prompt,
     )
     grammar = _constraint(request, raw_tools, thinking, model.backend)
+    sampling = resolved.sampling
+    cap = model.settings.max_tokens_limit
+    if cap is not None and (sampling.max_tokens is None or sampling.max_tokens > cap):
+        sampling = replace(sampling, max_tokens=cap)
     return PreparedChat(
         request=request,
         model_name=request.model,
         model=model,
         prompt=prompt,
-        sampling=resolved.sampling,
+        sampling=sampling,
         route=route,
         thinking=thinking,
         parse_tools=raw_tools,
@@ -202,15 +248,27 @@ def _delta_for(event: ParseEvent, call_ids: list[str]) -> dict[str, Any] | None:
             return None
 
 
-class ChatRun:
-    """One generation: backend events in, parser events out, with token accounting."""
+@dataclass(slots=True)
+class RunOptions:
+    """Per-app knobs a run needs; all optional so a bare ``ChatRun(prepared)`` works."""
 
-    def __init__(self, prepared: PreparedChat) -> None:
+    metrics: Metrics | None = None
+    record: RequestRecord | None = None
+    # perf_counter() when the request arrived (the middleware's clock).
+    arrived: float | None = None
+    timeout: float | None = None
+    log_prompts: bool = False
+
+
+class ChatRun:
+    """One generation: admission, backend events in, parser events out, accounting."""
+
+    def __init__(self, prepared: PreparedChat, options: RunOptions | None = None) -> None:
         self.prepared = prepared
-        self._events: AsyncIterator[BackendEvent] = prepared.model.backend.generate(
-            prepared.generation_request()
-        )
+        self.options = options or RunOptions()
         self._parser = GLM47Parser(thinking=prepared.thinking, tools=prepared.parse_tools)
+        self._events: AsyncIterator[BackendEvent] | None = None
+        self._slot: Slot | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.reasoning_tokens = 0
@@ -221,24 +279,114 @@ class ChatRun:
         self._single_call = (
             prepared.request.parallel_tool_calls is False and prepared.parse_tools is not None
         )
+        now = time.perf_counter()
+        self.arrived = self.options.arrived if self.options.arrived is not None else now
+        self.deadline = (
+            None if self.options.timeout is None else self.arrived + self.options.timeout
+        )
+        self._handed_off: float | None = None
+        self._first_text: float | None = None
+        self._last_text: float | None = None
+        self._finished_at: float | None = None
+        self._closed = False
+        self._output: list[str] | None = [] if self.options.log_prompts else None
+        record = self.options.record
+        if record is not None:
+            record.model = prepared.model.id
+            record.route = prepared.route
+            record.stream = prepared.request.stream
+            if self.options.log_prompts:
+                record.prompt = prepared.prompt
+
+    # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Wait until the backend admits the request; errors here still get a real status."""
-        first = await anext(self._events, None)
+        """Wait for a place in line and for the backend to admit the request.
+
+        Errors raised here still get a real HTTP status.
+        """
+        self._handed_off = time.perf_counter()
+        model = self.prepared.model
+        self._slot = await self._before_deadline(model.gate.acquire())
+        if self.options.record is not None:
+            self.options.record.queue_wait_ms = round(self._slot.waited * 1000, 3)
+        self._events = model.backend.generate(self.prepared.generation_request())
+        first = await self._before_deadline(anext(self._events, None))
         if not isinstance(first, Started):
             raise BackendError("the backend did not start the generation")
         self.prompt_tokens = first.prompt_tokens
+        self._check_room(first.prompt_tokens)
+
+    def _check_room(self, prompt_tokens: int) -> None:
+        """A client that asked for more tokens than the context leaves gets a clear 400."""
+        request = self.prepared.request
+        asked = request.max_completion_tokens or request.max_tokens
+        context = self.prepared.model.backend.info.context_length
+        if asked is None or context is None or prompt_tokens <= 0:
+            return
+        if prompt_tokens + asked > context:
+            param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {context} tokens. The prompt has "
+                f"{prompt_tokens} tokens and {param} asks for {asked} more "
+                f"({prompt_tokens + asked} in all). Reduce the messages or {param}.",
+                param=param,
+            )
 
     async def aclose(self) -> None:
-        aclose = getattr(self._events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        """End the generation (idempotent): close the backend stream, give the slot back."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            aclose = getattr(self._events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            if self._slot is not None:
+                self._slot.release()
+                if self._handed_off is not None:
+                    self.prepared.model.gate.record_service_time(
+                        time.perf_counter() - self._handed_off
+                    )
+            self._fill_record()
 
-    async def parse_events(self) -> AsyncIterator[list[ParseEvent]]:
+    async def _before_deadline(self, awaitable: Awaitable[T]) -> T:
+        if self.deadline is None:
+            return await awaitable
+        try:
+            async with asyncio.timeout_at(_loop_time(self.deadline)):
+                return await awaitable
+        except TimeoutError:
+            raise BackendTimeoutError(
+                f"The request took longer than the gateway's limit of {self.options.timeout:g} s.",
+                code="request_timeout",
+            ) from None
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def parse_events(self) -> AsyncGenerator[list[ParseEvent], None]:
         """Parser events, grouped per backend chunk."""
-        async for event in self._events:
+        events = self._events
+        if events is None:
+            raise RuntimeError("start() first")
+        inter_token = None
+        if self.options.metrics is not None:
+            inter_token = self.options.metrics.inter_token.labels(self.prepared.model.id)
+        while True:
+            event = await self._before_deadline(anext(events, None))
             match event:
+                case None:
+                    break
                 case Chunk(text, count):
+                    now = time.perf_counter()
+                    if self._first_text is None:
+                        self._first_text = now
+                    elif inter_token is not None and self._last_text is not None:
+                        inter_token.observe(now - self._last_text)
+                    self._last_text = now
+                    if self._output is not None:
+                        self._output.append(text)
                     self.completion_tokens += count
                     parsed = self._parser.feed(text)
                     self._count_tokens(parsed, count)
@@ -255,6 +403,7 @@ class ChatRun:
                     self.completion_tokens = completion_tokens
                 case Started():
                     raise BackendError("the backend started the generation twice")
+        self._finished_at = time.perf_counter()
         if self.backend_finish is None:
             raise BackendError("the backend ended without finishing the generation")
         tail = self._parser.finish()
@@ -286,6 +435,33 @@ class ChatRun:
             "total_tokens": self.prompt_tokens + self.completion_tokens,
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         }
+
+    def overhead_ms(self) -> float:
+        """Time spent in the gateway itself: before the hand-off to the model and after it."""
+        before = (self._handed_off or time.perf_counter()) - self.arrived
+        after = 0.0
+        if self._finished_at is not None:
+            after = time.perf_counter() - self._finished_at
+        return round((before + after) * 1000, 3)
+
+    def _fill_record(self) -> None:
+        record = self.options.record
+        if record is None:
+            return
+        record.prompt_tokens = self.prompt_tokens
+        record.completion_tokens = self.completion_tokens
+        record.reasoning_tokens = self.reasoning_tokens
+        record.tool_calls = self.tool_calls_ended
+        if self.backend_finish is not None:
+            record.finish_reason = self.finish_reason
+        else:
+            record.cancelled = True
+        if self._first_text is not None:
+            record.ttft_ms = round((self._first_text - self.arrived) * 1000, 3)
+        if self._output is not None:
+            record.output = "".join(self._output)
+
+    # -- responses ----------------------------------------------------------------------------
 
     async def complete(self) -> dict[str, Any]:
         """The non-streaming response."""
@@ -329,8 +505,12 @@ class ChatRun:
             "usage": self.usage(),
         }
 
-    async def stream(self) -> AsyncIterator[bytes]:
-        """SSE bytes: a role chunk, one chunk per delta, the finish chunk, usage, [DONE]."""
+    async def stream(self, keepalive: float = 0.0) -> AsyncIterator[bytes]:
+        """SSE bytes: a role chunk, one chunk per delta, the finish chunk, usage, [DONE].
+
+        With ``keepalive`` > 0, SSE comments go out while the model has produced nothing yet
+        (prompt processing), so proxies and clients do not time out.
+        """
         prepared = self.prepared
         base = {
             "id": prepared.completion_id,
@@ -344,11 +524,21 @@ class ChatRun:
             return sse_data({**base, "choices": [choice]})
 
         call_ids: list[str] = []
+        groups = self.parse_events()
         try:
             # content null, not "": the SDK's stream helpers then assemble the same message as
             # the non-streaming response when the model only calls tools.
             yield chunk({"role": "assistant", "content": None})
-            async for group in self.parse_events():
+            if keepalive > 0:
+                async for item in _first_with_keepalive(groups, keepalive):
+                    if isinstance(item, bytes):
+                        yield item
+                        continue
+                    for event in item:
+                        delta = _delta_for(event, call_ids)
+                        if delta is not None:
+                            yield chunk(delta)
+            async for group in groups:
                 for event in group:
                     delta = _delta_for(event, call_ids)
                     if delta is not None:
@@ -359,4 +549,33 @@ class ChatRun:
                 yield sse_data({**base, "choices": [], "usage": self.usage()})
             yield DONE
         finally:
+            await groups.aclose()
             await self.aclose()
+
+
+KEEPALIVE = b": keep-alive\n\n"
+
+
+async def _first_with_keepalive(
+    groups: AsyncGenerator[list[ParseEvent], None], interval: float
+) -> AsyncIterator[bytes | list[ParseEvent]]:
+    """Keep-alive comments every ``interval`` until the first group of events, then it."""
+    pending = asyncio.ensure_future(anext(groups, None))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if done:
+                break
+            yield KEEPALIVE
+        group = pending.result()
+        if group is not None:
+            yield group
+    finally:
+        if not pending.done():
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+
+
+def _loop_time(perf_deadline: float) -> float:
+    """A perf_counter() deadline on the event loop's clock."""
+    return asyncio.get_running_loop().time() + (perf_deadline - time.perf_counter())

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from backends.base import Backend
 
+from .admission import AdmissionGate
 from .errors import ModelNotFoundError
 from .sampling import model_routes
 from .settings import (
@@ -57,10 +58,17 @@ class ServedModel:
     settings: ModelSettings
     backend: Backend
     routes: dict[str, RouteSettings] = field(default_factory=dict)
+    gate: AdmissionGate = field(init=False)
     load_error: str | None = None
 
     def __post_init__(self) -> None:
         self.routes = model_routes(self.settings)
+        admission = self.settings.admission
+        self.gate = AdmissionGate(
+            admission.max_concurrent or self.backend.max_concurrency,
+            admission.max_queue,
+            admission.max_wait,
+        )
 
     @property
     def id(self) -> str:

@@ -104,6 +104,15 @@ class AliasSettings(_Strict):
     route: str | None = None
 
 
+class AdmissionSettings(_Strict):
+    """The model's waiting line. Beyond it: 429; waiting longer than ``max_wait``: 503."""
+
+    # Requests generating at once; None takes the backend's own limit (llama.cpp: 1).
+    max_concurrent: int | None = Field(None, ge=1)
+    max_queue: int = Field(64, ge=0, description="Requests that may wait beyond the running ones")
+    max_wait: float = Field(300.0, gt=0, description="Seconds a request may wait in line")
+
+
 class ModelSettings(_Strict):
     id: str = DEFAULT_MODEL_ID
     aliases: list[str | AliasSettings] = Field(default_factory=list)
@@ -111,6 +120,10 @@ class ModelSettings(_Strict):
     # Merged over the built-in ``general`` and ``tools`` routes, field by field; other names
     # add routes reachable through an alias (or ``ID:ROUTE``).
     routes: dict[str, RouteSettings] = Field(default_factory=dict)
+    admission: AdmissionSettings = Field(default_factory=lambda: AdmissionSettings())
+    # The most tokens one request may ask for; more is a 400. Also the limit when the client
+    # sends no max_tokens.
+    max_tokens_limit: int | None = Field(None, ge=1)
 
     def alias_settings(self) -> list[AliasSettings]:
         return [a if isinstance(a, AliasSettings) else AliasSettings(name=a) for a in self.aliases]
@@ -148,6 +161,45 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     models: list[ModelSettings] = Field(default_factory=list)
+
+    # Auth: when any key is configured, every route but /health and /ready needs one, as
+    # "Authorization: Bearer KEY" or "x-api-key: KEY". GLM_GATEWAY_API_KEYS takes a JSON list.
+    api_keys: list[str] = Field(default_factory=list)
+    api_keys_file: str | None = Field(None, description="One key per line; # starts a comment")
+
+    # CORS is off unless origins are listed ("*" allows any).
+    cors_origins: list[str] = Field(default_factory=list)
+
+    # Limits on what a client may send.
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(4096, ge=1)
+    max_tools: int = Field(512, ge=0)
+
+    # Time limits, in seconds.
+    request_timeout: float | None = Field(
+        1800.0, gt=0, description="Longest a request may take in all, queueing included"
+    )
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="On shutdown, how long running requests may take to finish"
+    )
+    # SSE comments sent while a stream waits in line or for its first token; 0 turns them off.
+    keepalive_interval: float = Field(15.0, ge=0)
+
+    # One JSON line per request; prompts and outputs only when asked for.
+    log_format: Literal["json", "text"] = "json"
+    log_prompts: bool = False
+
+    def load_api_keys(self) -> list[str]:
+        keys = [k for k in self.api_keys if k]
+        if self.api_keys_file:
+            path = Path(self.api_keys_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"api_keys_file not found: {path}")
+            for line in path.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    keys.append(line)
+        return keys
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -74,7 +74,7 @@ class EventStreamResponse(Response):
         body: AsyncIterator[bytes],
         *,
         headers: Mapping[str, str] | None = None,
-        on_close: Callable[[], None] | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._body = body
         self._extra_headers = dict(headers or {})
@@ -98,7 +98,7 @@ class EventStreamResponse(Response):
             return
         finally:
             if self._on_close is not None:
-                self._on_close()
+                await self._on_close()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _produce(self, send: Send) -> None:

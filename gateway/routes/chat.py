@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..chat import ChatRun, PreparedChat, prepare
+from ..chat import KEEPALIVE, ChatRun, Limits, PreparedChat, RunOptions, prepare
 from ..errors import InvalidRequestError
 from ..models import ModelRegistry
 from ..protocol import ChatCompletionRequest
 from ..sampling import sampling_dict
+from ..settings import Settings
 from ..streaming import ClientDisconnected, EventStreamResponse, run_until_disconnect
 
 router = APIRouter()
@@ -38,35 +41,94 @@ async def read_json_object(request: Request) -> dict[str, Any]:
 
 async def _prepare(request: Request) -> PreparedChat:
     registry: ModelRegistry = request.app.state.registry
-    return prepare(registry, await read_json_object(request))
+    settings: Settings = request.app.state.settings
+    limits = Limits(max_messages=settings.max_messages, max_tools=settings.max_tools)
+    return prepare(registry, await read_json_object(request), limits)
 
 
-def _headers(prepared: PreparedChat) -> dict[str, str]:
-    return {"x-sampling-route": prepared.route}
+def _headers(prepared: PreparedChat, run: ChatRun | None = None) -> dict[str, str]:
+    headers = {"x-sampling-route": prepared.route}
+    if run is not None:
+        headers["x-gateway-overhead-ms"] = f"{run.overhead_ms():.3f}"
+    return headers
+
+
+def _run_options(request: Request) -> RunOptions:
+    settings: Settings = request.app.state.settings
+    state = request.scope.get("state", {})
+    return RunOptions(
+        metrics=request.app.state.metrics,
+        record=state.get("record"),
+        arrived=state.get("started"),
+        timeout=settings.request_timeout,
+        log_prompts=settings.log_prompts,
+    )
 
 
 @router.post("/v1/chat/completions", openapi_extra=_BODY_SCHEMA)
 async def chat_completions(request: Request) -> Response:
     prepared = await _prepare(request)
-    run = ChatRun(prepared)
+    run = ChatRun(prepared, _run_options(request))
+    keepalive: float = request.app.state.settings.keepalive_interval
+    start: asyncio.Task[None] | None = None
     try:
         if prepared.request.stream:
-            await run_until_disconnect(request.receive, run.start())
-            return EventStreamResponse(run.stream(), headers=_headers(prepared))
+            start = asyncio.ensure_future(run.start())
+            # Admission errors within the first interval still get a real status; a request
+            # that waits longer gets its headers and keep-alive comments meanwhile.
+            await run_until_disconnect(
+                request.receive, asyncio.wait({start}, timeout=keepalive or None)
+            )
+            if start.done():
+                start.result()
+                body = run.stream(keepalive)
+            else:
+                body = _keepalive_until_started(start, run, keepalive)
+            return EventStreamResponse(
+                body, headers=_headers(prepared, run), on_close=_closer(run, start)
+            )
 
         async def start_and_complete() -> dict[str, Any]:
             await run.start()
             return await run.complete()
 
-        body = await run_until_disconnect(request.receive, start_and_complete())
+        result = await run_until_disconnect(request.receive, start_and_complete())
     except ClientDisconnected:
-        await run.aclose()
+        await _abandon(run, start)
         # Nobody reads this; 499 is the conventional "client closed request" for logs.
         return Response(status_code=499)
     except BaseException:
-        await run.aclose()
+        await _abandon(run, start)
         raise
-    return JSONResponse(body, headers=_headers(prepared))
+    return JSONResponse(result, headers=_headers(prepared, run))
+
+
+async def _keepalive_until_started(
+    start: asyncio.Task[None], run: ChatRun, interval: float
+) -> AsyncIterator[bytes]:
+    while not start.done():
+        await asyncio.wait({start}, timeout=interval)
+        if not start.done():
+            yield KEEPALIVE
+    start.result()  # an error here becomes the stream's error event
+    async for data in run.stream(interval):
+        yield data
+
+
+def _closer(run: ChatRun, start: asyncio.Task[None]) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        # The response is over (finished, failed or the client left): make sure the run
+        # gives its place back even if its body never started iterating.
+        await _abandon(run, start)
+
+    return close
+
+
+async def _abandon(run: ChatRun, start: asyncio.Task[None] | None) -> None:
+    if start is not None and not start.done():
+        start.cancel()
+        await asyncio.gather(start, return_exceptions=True)
+    await run.aclose()
 
 
 @router.post("/v1/chat/completions/render", openapi_extra=_BODY_SCHEMA)

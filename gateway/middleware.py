@@ -1,0 +1,185 @@
+"""Pure ASGI middleware: request ids and the access log, API keys, and the body size limit.
+
+Pure ASGI (not BaseHTTPMiddleware) so that the receive channel reaches the routes untouched:
+disconnect detection in ``gateway.streaming`` depends on it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import AuthenticationError, GatewayError, PayloadTooLargeError
+from .observability import Metrics, RequestRecord
+
+access_log = logging.getLogger("glm_gateway.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+async def send_error(send: Send, exc: GatewayError) -> None:
+    body = json.dumps(exc.to_dict()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class RequestContextMiddleware:
+    """Gives each request an id (``X-Request-Id`` is honoured), logs one line at its end."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, log_format: str = "json") -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log_format = log_format
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        given = _header(scope, b"x-request-id")
+        request_id = given if given and _REQUEST_ID.match(given) else secrets.token_hex(12)
+        record = RequestRecord(request_id, method=scope["method"], path=scope["path"])
+        state = scope.setdefault("state", {})
+        state["record"] = record
+        state["started"] = started
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            record.status = record.status or 500
+            raise
+        finally:
+            record.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            if record.status == 0:
+                # The response never started: the client left before it could.
+                record.status = 499
+                record.cancelled = True
+            self.metrics.observe_request(record)
+            self._log(record)
+
+    def _log(self, record: RequestRecord) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        if self.log_format == "json":
+            access_log.info(json.dumps(record.as_log(), ensure_ascii=False))
+        else:
+            access_log.info(
+                "%s %s %s %.1fms id=%s model=%s",
+                record.method,
+                record.path,
+                record.status,
+                record.duration_ms or 0.0,
+                record.request_id,
+                record.model or "-",
+            )
+
+
+class ApiKeyMiddleware:
+    """Requires one of the configured keys on every path but the public ones."""
+
+    PUBLIC = frozenset({"/health", "/ready"})
+
+    def __init__(self, app: ASGIApp, *, keys: Sequence[str]) -> None:
+        self.app = app
+        # Compared as bytes with hmac.compare_digest: the time taken does not depend on how
+        # much of a key matched. Every key is compared, so neither does it say which matched.
+        self._keys = [k.encode() for k in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.PUBLIC or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        if self._valid(self._presented(scope)):
+            await self.app(scope, receive, send)
+            return
+        await send_error(
+            send,
+            AuthenticationError(
+                "Missing or invalid API key. Send it as 'Authorization: Bearer KEY' or "
+                "'x-api-key: KEY'.",
+                headers={"WWW-Authenticate": "Bearer"},
+            ),
+        )
+
+    @staticmethod
+    def _presented(scope: Scope) -> bytes | None:
+        auth = _header(scope, b"authorization")
+        if auth is not None:
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip().encode("latin-1")
+        key = _header(scope, b"x-api-key")
+        return key.strip().encode("latin-1") if key else None
+
+    def _valid(self, presented: bytes | None) -> bool:
+        if presented is None:
+            return False
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(presented, key)
+        return matched
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over the limit, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await send_error(send, self._error())
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            # Raised inside the app, so its error handler answers 413 like any GatewayError.
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._error()
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _error(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(
+            f"The request body is larger than the {self.max_bytes} bytes this gateway accepts."
+        )
+
+
+def state_of(scope: Scope) -> dict[str, Any]:
+    state: dict[str, Any] = scope.setdefault("state", {})
+    return state

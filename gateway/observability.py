@@ -1,0 +1,166 @@
+"""Prometheus metrics and the per-request record that the access log writes as one JSON line.
+
+Each app has its own ``CollectorRegistry`` (no module-level metrics), so tests and several apps
+in one process never share counters. Queue depth and backend health are read at scrape time
+from the live objects instead of being kept in step by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .models import ModelRegistry
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What one request did; filled in along the way, logged once at the end."""
+
+    request_id: str
+    method: str = ""
+    path: str = ""
+    status: int = 0
+    model: str | None = None
+    route: str | None = None
+    stream: bool | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    tool_calls: int | None = None
+    queue_wait_ms: float | None = None
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    overhead_ms: float | None = None
+    cancelled: bool = False
+    error: str | None = None
+    prompt: str | None = None
+    output: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_log(self) -> dict[str, Any]:
+        data = asdict(self)
+        extra = data.pop("extra")
+        return {"event": "request", **{k: v for k, v in data.items() if v is not None}, **extra}
+
+
+class _LiveState(Collector):
+    def __init__(self, models: ModelRegistry) -> None:
+        self._models = models
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "glm_gateway_queue_depth", "Requests waiting for the model", labels=["model"]
+        )
+        running = GaugeMetricFamily(
+            "glm_gateway_requests_running", "Requests being generated", labels=["model"]
+        )
+        healthy = GaugeMetricFamily(
+            "glm_gateway_backend_healthy", "1 when the model's backend can serve", labels=["model"]
+        )
+        for model in self._models:
+            depth.add_metric([model.id], model.gate.waiting)
+            running.add_metric([model.id], model.gate.running)
+            healthy.add_metric([model.id], 1.0 if model.backend.ready else 0.0)
+        yield depth
+        yield running
+        yield healthy
+
+
+class Metrics:
+    def __init__(self, models: ModelRegistry) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "glm_gateway_requests", "HTTP requests", ["model", "route", "status"], registry=r
+        )
+        self.ttft = Histogram(
+            "glm_gateway_time_to_first_token_seconds",
+            "From arrival to the first generated text",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token = Histogram(
+            "glm_gateway_inter_token_latency_seconds",
+            "Gap between consecutive chunks of generated text",
+            ["model"],
+            buckets=_TOKEN_GAP_BUCKETS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "glm_gateway_request_duration_seconds",
+            "End-to-end duration of chat completions",
+            ["model", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "glm_gateway_queue_wait_seconds",
+            "Time spent waiting for the model",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "glm_gateway_prompt_tokens", "Prompt tokens", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "glm_gateway_completion_tokens", "Completion tokens", ["model"], registry=r
+        )
+        self.reasoning_tokens = Counter(
+            "glm_gateway_reasoning_tokens",
+            "Completion tokens spent reasoning",
+            ["model"],
+            registry=r,
+        )
+        self.tool_calls = Counter(
+            "glm_gateway_tool_calls", "Tool calls parsed from model output", ["model"], registry=r
+        )
+        self.cancellations = Counter(
+            "glm_gateway_cancellations",
+            "Requests whose client went away before the end",
+            ["model"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "glm_gateway_rejections",
+            "Requests refused before generation (queue full, queue timeout, limits, auth)",
+            ["model", "reason"],
+            registry=r,
+        )
+        r.register(_LiveState(models))
+
+    def observe_request(self, record: RequestRecord) -> None:
+        model = record.model or "-"
+        self.requests.labels(model, record.route or "-", str(record.status)).inc()
+        if record.model is None or record.path not in ("/v1/chat/completions",):
+            return
+        if record.duration_ms is not None and record.finish_reason is not None:
+            self.duration.labels(model, record.route or "-").observe(record.duration_ms / 1000)
+        if record.ttft_ms is not None:
+            self.ttft.labels(model).observe(record.ttft_ms / 1000)
+        if record.queue_wait_ms is not None:
+            self.queue_wait.labels(model).observe(record.queue_wait_ms / 1000)
+        for counter, value in (
+            (self.prompt_tokens, record.prompt_tokens),
+            (self.completion_tokens, record.completion_tokens),
+            (self.reasoning_tokens, record.reasoning_tokens),
+            (self.tool_calls, record.tool_calls),
+        ):
+            if value:
+                counter.labels(model).inc(value)
+        if record.cancelled:
+            self.cancellations.labels(model).inc()
+        if record.status in (413, 429) or record.error in ("queue_full", "queue_timeout"):
+            self.rejections.labels(model, record.error or str(record.status)).inc()
