@@ -224,6 +224,28 @@ def _through_first_call(events: list[ParseEvent]) -> list[ParseEvent]:
     return events
 
 
+def _coalesce(events: list[ParseEvent]) -> list[ParseEvent]:
+    """Merge neighbouring events of one kind, so a multi-token chunk (speculative decoding, a
+    slow reader) goes out as one delta per kind rather than one per parser step."""
+    if len(events) < 2:
+        return events
+    out: list[ParseEvent] = [events[0]]
+    for event in events[1:]:
+        last = out[-1]
+        match event, last:
+            case ReasoningDelta(text), ReasoningDelta(before):
+                out[-1] = ReasoningDelta(before + text)
+            case ContentDelta(text), ContentDelta(before):
+                out[-1] = ContentDelta(before + text)
+            case ToolCallArguments(index, text), ToolCallArguments(last_index, before) if (
+                index == last_index
+            ):
+                out[-1] = ToolCallArguments(index, before + text)
+            case _:
+                out.append(event)
+    return out
+
+
 def _delta_for(event: ParseEvent, call_ids: list[str]) -> dict[str, Any] | None:
     match event:
         case ReasoningDelta(text):
@@ -534,12 +556,12 @@ class ChatRun:
                     if isinstance(item, bytes):
                         yield item
                         continue
-                    for event in item:
+                    for event in _coalesce(item):
                         delta = _delta_for(event, call_ids)
                         if delta is not None:
                             yield chunk(delta)
             async for group in groups:
-                for event in group:
+                for event in _coalesce(group):
                     delta = _delta_for(event, call_ids)
                     if delta is not None:
                         yield chunk(delta)

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import pydantic
 import yaml
@@ -109,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.shutdown_grace,
+        # Annotated int by uvicorn, but used as an asyncio timeout: fractions work.
+        timeout_graceful_shutdown=cast(int, settings.shutdown_grace),
+        # The gateway writes its own access log line per request (gateway/middleware.py).
+        access_log=False,
     )
     return 0
 

@@ -49,7 +49,10 @@ async def _prepare(request: Request) -> PreparedChat:
 def _headers(prepared: PreparedChat, run: ChatRun | None = None) -> dict[str, str]:
     headers = {"x-sampling-route": prepared.route}
     if run is not None:
-        headers["x-gateway-overhead-ms"] = f"{run.overhead_ms():.3f}"
+        overhead = run.overhead_ms()
+        headers["x-gateway-overhead-ms"] = f"{overhead:.3f}"
+        if run.options.record is not None:
+            run.options.record.overhead_ms = overhead
     return headers
 
 
