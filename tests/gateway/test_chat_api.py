@@ -254,3 +254,23 @@ def test_unknown_fields_are_ignored(client: TestClient) -> None:
 def test_unknown_route_is_openai_shaped(client: TestClient) -> None:
     r = client.get("/v1/nothing")
     assert_error(r, 404, None)
+
+
+def test_several_models_at_once() -> None:
+    settings = Settings(
+        models=[
+            ModelSettings(id="a", backend=ScriptedBackendSettings(path="unused")),
+            ModelSettings(id="b", aliases=["bee"], backend=ScriptedBackendSettings(path="unused")),
+        ]
+    )
+    backends = {
+        "a": ScriptedBackend([ScriptedResponse(("r</think>from a",))]),
+        "b": ScriptedBackend([ScriptedResponse(("r</think>from b",))]),
+    }
+    with TestClient(create_app(settings, backends=backends)) as c:
+        for name, expected in (("a", "from a"), ("b", "from b"), ("bee", "from b")):
+            body = {"model": name, "messages": [{"role": "user", "content": "x"}]}
+            r = c.post("/v1/chat/completions", json=body)
+            assert r.json()["choices"][0]["message"]["content"] == expected
+        ids = {m["id"] for m in c.get("/v1/models").json()["data"]}
+        assert {"a", "b", "bee", "a:tools", "b:general"} <= ids
