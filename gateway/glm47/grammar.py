@@ -67,7 +67,9 @@ def literal(text: str) -> str:
         elif ch == "\t":
             out.append("\\t")
         elif ord(ch) < 0x20:
-            out.append(f"\\x{ord(ch):02x}")
+            # \u with four digits: xgrammar (vLLM) reads \x greedily, so "\x01b" would be
+            # U+001B there; llama.cpp reads both forms the same.
+            out.append(f"\\u{ord(ch):04x}")
         else:
             out.append(ch)
     return '"' + "".join(out) + '"'

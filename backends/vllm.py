@@ -1,0 +1,659 @@
+"""The ``vllm`` backend: one or more vLLM OpenAI servers, reached over HTTP.
+
+The gateway renders the GLM-4.7 prompt itself and sends the text to vLLM's ``/v1/completions``
+(never ``/v1/chat/completions``): vLLM runs without its chat template, reasoning parser and
+tool parser, and streams back the model's raw text, tags included, which then feeds the same
+parser as llama.cpp's output. So both backends answer a prompt the same way.
+
+What is sent, and why:
+
+- ``add_special_tokens: false``: the rendered prompt already starts with ``[gMASK]<sop>``; a
+  tokenizer-added prefix would double it.
+- ``skip_special_tokens: false`` and ``spaces_between_special_tokens: false``: GLM's role and
+  tag tokens must come back as their exact text, with nothing inserted around them.
+- The GLM stop tokens as ``stop`` strings, beside the client's: they are plain text in the
+  output (special tokens are not skipped), vLLM cuts the text before a stop string and reports
+  ``finish_reason: "stop"``. (vLLM also stops on the ids that the model's
+  ``generation_config.json`` lists as ``eos_token_id``; the strings make the stop independent
+  of that file.)
+- ``stream_options.include_usage``: the final event carries vLLM's own token counts, which go
+  into ``Finished``; ``return_token_ids``: each event lists the tokens it stands for, so
+  ``Chunk.tokens`` is exact even when one event carries several tokens (speculative decoding,
+  ``--stream-interval``).
+- A GBNF grammar as ``structured_outputs: {"grammar": ...}`` (vLLM >= 0.10's name; older
+  servers read ``guided_grammar``). vLLM's default ``auto`` structured-output backend compiles
+  it with xgrammar, which reads llama.cpp's GBNF.
+- ``max_tokens`` always: vLLM's completions endpoint defaults to 16 tokens, not to the rest of
+  the context. Unset, it is the replica's ``max_model_len`` (vLLM clamps it to what the prompt
+  leaves); a larger client value is clamped the same way, as llama.cpp's backend does, because
+  vLLM refuses a ``max_tokens`` above ``max_model_len`` outright.
+
+Replicas: each request goes to the healthy replica with the fewest requests in flight. A
+background task polls every replica's ``/health`` (and, once, ``/v1/models`` for its
+``max_model_len``); a replica that fails is taken out, one that answers again is put back. A
+connection failure seen by a request takes its replica out at once, without waiting for the
+next poll. A request that fails before any text reached the consumer is retried once on
+another replica; after that it never is, and the consumer gets an error.
+
+Errors (upstream -> ours; the client sees the status and vLLM's message where it is the
+client's fault, never a replica's URL or key):
+
+====================================================  =========================================
+upstream                                              raised
+====================================================  =========================================
+400/413/422, message about the context length         ContextLengthExceededError (400)
+400/413/422, anything else (bad grammar, ...)         InvalidRequestError (400), vLLM's message
+401/403                                               BackendError (502): api_key rejected
+404 (the replica does not serve ``model``)            BackendError (502)
+429, 502, 503, 504, connect error or timeout          BackendUnavailableError (503)
+500 and other statuses                                BackendError (502)
+stream broken (connection dropped, error event)       BackendError (502)
+read timeout (no chunk for ``read_timeout`` s)        BackendTimeoutError (504)
+no healthy replica                                    BackendUnavailableError (503)
+====================================================  =========================================
+
+Everything but the 4xx client errors and read timeouts is retried once on another replica
+when it happens before the first chunk. A read timeout is not: the replica may still be
+working on the prompt, and a retry would double the load that made it slow.
+
+Cancellation: the consumer closing this generator (client gone) exits the httpx stream
+context, which closes the connection; vLLM sees the disconnect and aborts the request.
+
+The gateway never imports vLLM: it runs in its own environment (``scripts/setup-vllm.sh``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from backends.base import (
+    Backend,
+    BackendEvent,
+    Chunk,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    ModelInfo,
+    SamplingParams,
+    Started,
+)
+from gateway.errors import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ContextLengthExceededError,
+    GatewayError,
+    InvalidRequestError,
+    ModelNotReadyError,
+)
+
+if TYPE_CHECKING:
+    from gateway.settings import VllmBackendSettings
+
+logger = logging.getLogger("glm_gateway.backends.vllm")
+
+# vLLM takes a signed 64-bit seed; OpenAI clients may send any integer.
+_SEED_MASK = 0x7FFF_FFFF_FFFF_FFFF
+# Statuses that say "this replica cannot serve right now" rather than "this request is wrong".
+_UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
+_CLIENT_ERROR_STATUSES = frozenset({400, 413, 422})
+# Phrases in vLLM's 400 messages when the prompt (or prompt + max_tokens) does not fit.
+_CONTEXT_PHRASES = ("maximum context length", "max_model_len", "context length")
+
+
+@dataclass(frozen=True, slots=True)
+class VllmReplica:
+    """One vLLM OpenAI server, with its timeouts already resolved (replica over backend)."""
+
+    url: str
+    api_key: str | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+
+
+@dataclass(slots=True)
+class _ReplicaState:
+    index: int
+    replica: VllmReplica
+    healthy: bool = False
+    in_flight: int = 0
+    # From the replica's /v1/models; None until read.
+    max_model_len: int | None = None
+
+    @property
+    def name(self) -> str:
+        # What clients may see: the replica's position, never its URL (an internal address).
+        return f"vLLM replica {self.index + 1}"
+
+    @property
+    def base(self) -> str:
+        return self.replica.url.rstrip("/")
+
+    def headers(self) -> dict[str, str]:
+        key = self.replica.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def timeout(self) -> httpx.Timeout:
+        r = self.replica
+        return httpx.Timeout(
+            connect=r.connect_timeout,
+            # httpx's read timeout bounds each read: the wait between two chunks of a stream.
+            read=r.read_timeout,
+            write=r.read_timeout,
+            pool=r.connect_timeout,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """A snapshot of one replica, for ``info``, metrics and tests."""
+
+    url: str
+    healthy: bool
+    in_flight: int
+    max_model_len: int | None
+
+
+class _Retryable(Exception):
+    """A failure before the first chunk that another replica may not have."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What one upstream attempt produced, for the retry decision."""
+
+    chunks: int = 0
+    finished: Finished | None = None
+
+
+class VllmBackend(Backend):
+    supports_grammar = True
+
+    def __init__(
+        self,
+        replicas: Sequence[VllmReplica],
+        *,
+        model: str,
+        context_length: int | None = None,
+        health_interval: float = 5.0,
+        client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """``client`` or ``transport`` (e.g. ``httpx.MockTransport``) replace the real network
+        in tests; a given client is not closed by ``aclose``."""
+        if not replicas:
+            raise ValueError("the vllm backend needs at least one replica")
+        self._replicas = [_ReplicaState(i, r) for i, r in enumerate(replicas)]
+        self._model = model
+        self._context_length = context_length
+        self._health_interval = health_interval
+        self._given_client = client
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._closed = False
+        # Breaks ties between equally loaded replicas in turn rather than always the first.
+        self._turn = itertools.count()
+
+    @classmethod
+    def from_settings(
+        cls, opts: VllmBackendSettings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> VllmBackend:
+        replicas = [
+            VllmReplica(
+                url=r.url,
+                api_key=r.api_key,
+                connect_timeout=r.connect_timeout or opts.connect_timeout,
+                read_timeout=r.read_timeout or opts.read_timeout,
+            )
+            for r in opts.replicas
+        ]
+        return cls(
+            replicas,
+            model=opts.model,
+            context_length=opts.context_length,
+            health_interval=opts.health_interval,
+            transport=transport,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        self._closed = False
+        self._client = self._given_client or httpx.AsyncClient(
+            transport=self._transport,
+            # No connection cap: every in-flight generation holds one streaming connection,
+            # and the gateway's admission control already bounds how many there are.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+        )
+        # One round now, so the gateway is ready as soon as a replica is; replicas that are
+        # down stay out until the background checks see them up. Never raises: a gateway that
+        # starts before its vLLM servers simply is not ready yet.
+        await self._health_round()
+        self._health_task = asyncio.create_task(self._health_loop(), name="vllm-health")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        task, self._health_task = self._health_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        client, self._client = self._client, None
+        if client is not None and client is not self._given_client:
+            await client.aclose()
+        for state in self._replicas:
+            state.healthy = False
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self._client is not None and not self._closed and any(s.healthy for s in self._replicas)
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        known = [s.max_model_len for s in self._replicas if s.max_model_len is not None]
+        # The smallest replica bounds what any request can be sure of.
+        context = self._context_length or (min(known) if known else None)
+        extra: dict[str, object] = {
+            "backend": "vllm",
+            "model": self._model,
+            "replicas": [
+                {
+                    "url": r.url,
+                    "healthy": r.healthy,
+                    "in_flight": r.in_flight,
+                    "max_model_len": r.max_model_len,
+                }
+                for r in self.replicas
+            ],
+        }
+        return ModelInfo(context_length=context, extra=extra)
+
+    @property
+    def replicas(self) -> tuple[ReplicaStatus, ...]:
+        return tuple(
+            ReplicaStatus(s.base, s.healthy, s.in_flight, s.max_model_len) for s in self._replicas
+        )
+
+    # -- health -----------------------------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._health_interval)
+            await self._health_round()
+
+    async def _health_round(self) -> None:
+        await asyncio.gather(*(self._check(s) for s in self._replicas))
+
+    async def _check(self, state: _ReplicaState) -> None:
+        client = self._client
+        if client is None:
+            return
+        r = state.replica
+        # A health answer slower than the interval is as good as none.
+        timeout = httpx.Timeout(
+            connect=r.connect_timeout, read=max(self._health_interval, 2.0), write=5.0, pool=5.0
+        )
+        reason = ""
+        try:
+            response = await client.get(
+                f"{state.base}/health", headers=state.headers(), timeout=timeout
+            )
+            healthy = response.status_code == 200
+            if not healthy:
+                reason = f"/health answered {response.status_code}"
+            elif state.max_model_len is None:
+                # Without the replica's context length there is no sane max_tokens default
+                # (vLLM's is 16), so a replica only counts as up once it is known.
+                state.max_model_len = await self._read_max_model_len(client, state, timeout)
+                healthy = state.max_model_len is not None or self._context_length is not None
+                if not healthy:
+                    reason = f"no max_model_len for {self._model!r} in /v1/models"
+        except Exception as exc:  # whatever went wrong, the loop goes on to the next round
+            healthy = False
+            reason = f"{type(exc).__name__}: {exc}"
+        if healthy != state.healthy:
+            if healthy:
+                logger.info("%s (%s) is healthy", state.name, state.base)
+            else:
+                logger.warning("%s (%s) is unhealthy: %s", state.name, state.base, reason)
+        state.healthy = healthy
+
+    async def _read_max_model_len(
+        self, client: httpx.AsyncClient, state: _ReplicaState, timeout: httpx.Timeout
+    ) -> int | None:
+        response = await client.get(
+            f"{state.base}/v1/models", headers=state.headers(), timeout=timeout
+        )
+        if response.status_code in (401, 403):
+            raise BackendError(f"{state.name} rejected its api_key on /v1/models")
+        response.raise_for_status()
+        data = response.json()
+        entries = data.get("data") if isinstance(data, dict) else None
+        entries = entries if isinstance(entries, list) else []
+        for entry in entries:
+            if isinstance(entry, dict) and entry.get("id") == self._model:
+                value = entry.get("max_model_len")
+                return value if isinstance(value, int) and value > 0 else None
+        served = [e.get("id") for e in entries if isinstance(e, dict)]
+        logger.warning(
+            "%s (%s) does not serve the model %r (it serves %s)",
+            state.name,
+            state.base,
+            self._model,
+            served,
+        )
+        return None
+
+    def _mark_down(self, state: _ReplicaState, why: str) -> None:
+        # Passive health: a replica that refused a connection is taken out now; the health
+        # loop puts it back once /health answers again.
+        if state.healthy:
+            logger.warning("%s (%s) taken out: %s", state.name, state.base, why)
+        state.healthy = False
+
+    # -- replica choice ---------------------------------------------------------------------
+
+    def _pick(self, exclude: set[int]) -> _ReplicaState | None:
+        candidates = [s for s in self._replicas if s.healthy and s.index not in exclude]
+        if not candidates:
+            return None
+        n = len(self._replicas)
+        turn = next(self._turn) % n
+        return min(candidates, key=lambda s: (s.in_flight, (s.index - turn) % n))
+
+    # -- generation -------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[BackendEvent, None]:
+        client = self._client
+        if client is None or self._closed:
+            raise ModelNotReadyError(f"the vLLM backend for {self._model} is not started")
+        tried: set[int] = set()
+        started = False
+        last: GatewayError | None = None
+        finished: Finished | None = None
+        # At most two attempts: the first, and one retry on another replica.
+        for _ in range(2):
+            state = self._pick(tried)
+            if state is None:
+                break
+            tried.add(state.index)
+            attempt = _Attempt()
+            state.in_flight += 1
+            try:
+                async with client.stream(
+                    "POST",
+                    f"{state.base}/v1/completions",
+                    json=self._body(request, state),
+                    headers=state.headers(),
+                    timeout=state.timeout(),
+                ) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        raise self._status_error(state, response)
+                    # Headers are in: vLLM has validated the request (prompt length, grammar,
+                    # sampling). The prompt's token count only arrives with the usage at the end.
+                    if not started:
+                        started = True
+                        yield Started(prompt_tokens=0)
+                    async for event in self._read(state, response, attempt):
+                        yield event
+            except _Retryable as exc:
+                if attempt.chunks:
+                    raise exc.error from exc.__cause__
+                last = exc.error
+                logger.warning("%s failed before the first chunk: %s", state.name, exc.error)
+                continue
+            except httpx.HTTPError as exc:
+                error, retry = self._transport_error(state, exc, attempt)
+                if not retry or attempt.chunks:
+                    raise error from exc
+                last = error
+                logger.warning("%s failed before the first chunk: %s", state.name, error)
+                continue
+            finally:
+                state.in_flight -= 1
+            finished = attempt.finished
+            break
+        if finished is None:
+            if last is not None:
+                raise last
+            raise BackendUnavailableError(
+                f"No vLLM replica serving {self._model} is healthy; try again shortly."
+            )
+        # Outside the stream context: the connection is released before the consumer sees
+        # the end, whether or not it asks for it.
+        yield finished
+
+    async def _read(
+        self, state: _ReplicaState, response: httpx.Response, attempt: _Attempt
+    ) -> AsyncIterator[Chunk]:
+        """The stream's text chunks; records the end (or raises) in ``attempt``."""
+        finish: str | None = None
+        usage: dict[str, Any] | None = None
+        # Tokens whose text vLLM held back (a possible stop string, a partial character): they
+        # are counted with the next text that comes.
+        pending = 0
+        completion = 0
+        async for data in _sse_data(response):
+            if data == "[DONE]":
+                break
+            try:
+                event = json.loads(data)
+            except ValueError as exc:
+                raise _Retryable(BackendError(f"{state.name} sent a malformed event")) from exc
+            if not isinstance(event, dict):
+                continue
+            if "error" in event:
+                raise self._event_error(state, event["error"])
+            if isinstance(event.get("usage"), dict):
+                usage = event["usage"]
+            for choice in event.get("choices") or ():
+                if not isinstance(choice, dict):
+                    continue
+                ids = choice.get("token_ids")
+                count = len(ids) if isinstance(ids, list) else 1
+                pending += count
+                completion += count
+                text = choice.get("text")
+                if isinstance(text, str) and text:
+                    attempt.chunks += 1
+                    yield Chunk(text, pending)
+                    pending = 0
+                if choice.get("finish_reason"):
+                    finish = str(choice["finish_reason"])
+        if finish is None:
+            # The stream ended without saying how the generation did: the replica went away.
+            self._mark_down(state, "stream ended early")
+            raise _Retryable(
+                BackendError(f"{state.name} closed the stream before the generation finished")
+            )
+        if finish == "abort":
+            raise _Retryable(BackendUnavailableError(f"{state.name} aborted the generation"))
+        if finish == "error":
+            raise _Retryable(BackendError(f"{state.name} failed during the generation"))
+        reason: FinishReason = "length" if finish == "length" else "stop"
+        prompt_tokens = _int(usage, "prompt_tokens")
+        completion_tokens = _int(usage, "completion_tokens")
+        attempt.finished = Finished(
+            reason,
+            prompt_tokens if prompt_tokens is not None else 0,
+            completion_tokens if completion_tokens is not None else completion,
+        )
+
+    # -- request body -----------------------------------------------------------------------
+
+    def _body(self, request: GenerationRequest, state: _ReplicaState) -> dict[str, Any]:
+        s = request.sampling
+        body: dict[str, Any] = {
+            "model": self._model,
+            "prompt": request.prompt,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "return_token_ids": True,
+            "add_special_tokens": False,
+            "skip_special_tokens": False,
+            "spaces_between_special_tokens": False,
+        }
+        body.update(_sampling_fields(s))
+        stops = list(dict.fromkeys(x for x in (*s.stop, *request.stop_tokens) if x))
+        if stops:
+            body["stop"] = stops
+        limit = state.max_model_len or self._context_length
+        if s.max_tokens is not None:
+            body["max_tokens"] = max(s.max_tokens, 1) if limit is None else min(s.max_tokens, limit)
+        elif limit is not None:
+            body["max_tokens"] = limit
+        if request.grammar is not None:
+            body["structured_outputs"] = {"grammar": request.grammar}
+        if request.request_id:
+            # Shows in vLLM's logs under the gateway's id; vLLM adds its own suffix.
+            body["request_id"] = request.request_id
+        return body
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def _status_error(self, state: _ReplicaState, response: httpx.Response) -> Exception:
+        status = response.status_code
+        message = _upstream_message(response)
+        if status in _CLIENT_ERROR_STATUSES:
+            return _client_error(message, _upstream_param(response))
+        if status in (401, 403):
+            return _Retryable(
+                BackendError(
+                    f"{state.name} rejected the api_key configured for it (HTTP {status}); "
+                    "check the gateway's vllm replica settings."
+                )
+            )
+        if status == 404:
+            return _Retryable(
+                BackendError(f"{state.name} does not serve the model {self._model!r}: {message}")
+            )
+        if status in _UNAVAILABLE_STATUSES:
+            self._mark_down(state, f"HTTP {status}")
+            return _Retryable(
+                BackendUnavailableError(f"{state.name} is unavailable (HTTP {status}): {message}")
+            )
+        return _Retryable(BackendError(f"{state.name} failed (HTTP {status}): {message}"))
+
+    def _event_error(self, state: _ReplicaState, error: Any) -> Exception:
+        """An error vLLM sent as an SSE event after its 200 (e.g. the engine failed)."""
+        message = str(error.get("message") if isinstance(error, dict) else error)
+        code = error.get("code") if isinstance(error, dict) else None
+        if code in _CLIENT_ERROR_STATUSES:
+            param = error.get("param") if isinstance(error, dict) else None
+            return _client_error(message, param if isinstance(param, str) else None)
+        return _Retryable(BackendError(f"{state.name} failed during the generation: {message}"))
+
+    def _transport_error(
+        self, state: _ReplicaState, exc: httpx.HTTPError, attempt: _Attempt
+    ) -> tuple[GatewayError, bool]:
+        """The error to raise for a network failure, and whether another replica may help."""
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            self._mark_down(state, f"{type(exc).__name__}: {exc}")
+            return BackendUnavailableError(f"{state.name} cannot be reached"), True
+        if isinstance(exc, httpx.TimeoutException):
+            return (
+                BackendTimeoutError(
+                    f"{state.name} sent nothing for {state.replica.read_timeout:g} s"
+                ),
+                False,
+            )
+        if isinstance(exc, httpx.TransportError):
+            # The connection dropped: a replica that crashed or is shutting down.
+            self._mark_down(state, f"{type(exc).__name__}: {exc}")
+            where = "during the generation" if attempt.chunks else "before answering"
+            return BackendError(f"{state.name} dropped the connection {where}"), True
+        return BackendError(f"{state.name} failed: {type(exc).__name__}"), False
+
+
+def _sampling_fields(s: SamplingParams) -> dict[str, Any]:
+    """vLLM's names for the sampling fields that are set; unset ones keep vLLM's defaults."""
+    fields: dict[str, Any] = {
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k,
+        "min_p": s.min_p,
+        "repetition_penalty": s.repeat_penalty,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
+        "seed": None if s.seed is None else s.seed & _SEED_MASK,
+    }
+    if s.top_p is not None and s.top_p <= 0.0:
+        # top_p 0 keeps only the most likely token (as llama.cpp reads it); vLLM refuses 0,
+        # and top_k 1 says the same.
+        fields["top_p"] = None
+        fields["top_k"] = 1
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event (multi-line data joined, comments skipped)."""
+    lines: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+        elif line.startswith("data:"):
+            lines.append(line[5:].removeprefix(" "))
+    if lines:
+        yield "\n".join(lines)
+
+
+def _upstream_message(response: httpx.Response) -> str:
+    """vLLM's error message: ``{"error": {"message": ...}}``, older shapes, or the raw body."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text.strip()[:1000] or response.reason_phrase
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        for value in (error, data.get("message"), data.get("detail")):
+            if isinstance(value, str):
+                return value
+    return response.text.strip()[:1000]
+
+
+def _upstream_param(response: httpx.Response) -> str | None:
+    with contextlib.suppress(ValueError):
+        data = response.json()
+        error = data.get("error") if isinstance(data, dict) else None
+        param = error.get("param") if isinstance(error, dict) else None
+        if isinstance(param, str):
+            return param
+    return None
+
+
+def _client_error(message: str, upstream_param: str | None) -> InvalidRequestError:
+    # vLLM names its own fields; the client sent messages, not a prompt.
+    param = {"input_tokens": "messages", "prompt": "messages"}.get(
+        upstream_param or "", upstream_param
+    )
+    if any(p in message.lower() for p in _CONTEXT_PHRASES):
+        return ContextLengthExceededError(message, param=param or "messages")
+    return InvalidRequestError(message, param=param)
+
+
+def _int(data: dict[str, Any] | None, key: str) -> int | None:
+    value = (data or {}).get(key)
+    return value if isinstance(value, int) else None

