@@ -12,6 +12,7 @@ import pydantic
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -22,6 +23,7 @@ from .errors import GatewayError, InvalidRequestError
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from .models import ModelRegistry
 from .observability import Metrics
+from .protocol import ChatCompletionRequest, ErrorResponse
 from .routes import chat, models
 from .routes import metrics as metrics_route
 from .settings import Settings
@@ -91,6 +93,50 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
+_ERROR_STATUSES = {
+    "400": "Invalid request",
+    "401": "Missing or invalid API key",
+    "404": "Unknown model or path",
+    "413": "Request body too large",
+    "429": "The model's waiting line is full",
+    "502": "The backend failed",
+    "503": "The backend is unavailable or the request waited too long",
+    "504": "The request took too long",
+}
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Complete the generated schema: the hand-read request body and OpenAI error responses."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        body = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components["ChatCompletionRequest"] = body
+        error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(error_schema.pop("$defs", {}))
+        components["Error"] = error_schema
+        error = {
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        }
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.setdefault("responses", {})
+                # Validation errors are answered 400 in OpenAI's shape, never 422.
+                responses.pop("422", None)
+                for status, description in _ERROR_STATUSES.items():
+                    responses.setdefault(status, {"description": description, **error})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = None) -> FastAPI:
     """Build the app. ``backends`` (by model id) replaces backends built from settings."""
     registry = ModelRegistry.from_settings(settings.models, backends)
@@ -113,6 +159,7 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
     app.state.registry = registry
     app.state.metrics = metrics
     _install_error_handlers(app)
+    _install_openapi(app)
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(metrics_route.router)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, cast
@@ -104,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with the
+    # handlers that were in place before it: make that a clean exit, not a signal death.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
     uvicorn.run(
         app,
         host=settings.host,

@@ -160,3 +160,16 @@ class ChatCompletionRequest(_Lenient):
         if isinstance(self.stop, str):
             return (self.stop,)
         return tuple(self.stop)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the gateway answers, in OpenAI's shape (for the OpenAPI document)."""
+
+    error: ErrorDetail

@@ -9,6 +9,7 @@ which closes the backend's iterator and frees the engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .errors import GatewayError
+from .errors import BackendUnavailableError, GatewayError
 
 T = TypeVar("T")
 
@@ -60,7 +61,9 @@ async def run_until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     finally:
         listener.cancel()
         if not work_task.done():
+            # Wait for it: whoever cleans up after us must not find it still running.
             work_task.cancel()
+            await asyncio.gather(work_task, return_exceptions=True)
 
 
 class EventStreamResponse(Response):
@@ -95,6 +98,24 @@ class EventStreamResponse(Response):
         try:
             await run_until_disconnect(receive, self._produce(send))
         except (ClientDisconnected, OSError):
+            return
+        except asyncio.CancelledError:
+            # Only the server cancels a response task: its shutdown grace ran out. Tell the
+            # client why its stream ends, and end quietly (the cleanup below has run).
+            if self._on_close is not None:
+                await self._on_close()
+                self._on_close = None
+            error = BackendUnavailableError(
+                "The server is shutting down; the response was cut short.", code="shutting_down"
+            )
+            with contextlib.suppress(Exception):
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": sse_data(error.to_dict()),
+                        "more_body": False,
+                    }
+                )
             return
         finally:
             if self._on_close is not None:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -92,3 +93,27 @@ def serve(app: FastAPI, *, ready_timeout: float = 120.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+class OpenAIClients:
+    """One ``openai.OpenAI`` per base URL, all closed by ``close()`` (leaked sockets would
+    surface as ResourceWarnings, which are errors in this suite)."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, Any] = {}
+
+    def __call__(self, url: str) -> Any:
+        import openai
+
+        client = self._clients.get(url)
+        if client is None:
+            client = openai.OpenAI(
+                base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120
+            )
+            self._clients[url] = client
+        return client
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()

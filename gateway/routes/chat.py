@@ -13,17 +13,29 @@ from fastapi.responses import JSONResponse, Response
 from ..chat import KEEPALIVE, ChatRun, Limits, PreparedChat, RunOptions, prepare
 from ..errors import InvalidRequestError
 from ..models import ModelRegistry
-from ..protocol import ChatCompletionRequest
 from ..sampling import sampling_dict
 from ..settings import Settings
 from ..streaming import ClientDisconnected, EventStreamResponse, run_until_disconnect
 
 router = APIRouter()
 
+# The body is read by hand (tools must keep the client's key order), so FastAPI does not see
+# the model: declare it. The schema itself goes to components in ``gateway.app``.
 _BODY_SCHEMA: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}},
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}
+        },
+    }
+}
+_CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A chat completion, or with `stream: true` a stream of chunks",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/event-stream": {"schema": {"type": "string"}},
+        },
     }
 }
 
@@ -68,7 +80,7 @@ def _run_options(request: Request) -> RunOptions:
     )
 
 
-@router.post("/v1/chat/completions", openapi_extra=_BODY_SCHEMA)
+@router.post("/v1/chat/completions", openapi_extra=_BODY_SCHEMA, responses=_CHAT_RESPONSES)
 async def chat_completions(request: Request) -> Response:
     prepared = await _prepare(request)
     run = ChatRun(prepared, _run_options(request))

@@ -37,7 +37,7 @@ from gateway.settings import (
     VllmBackendSettings,
     VllmReplicaSettings,
 )
-from tests.conftest import FIXTURES, serve
+from tests.conftest import FIXTURES, OpenAIClients, serve
 
 pytestmark = pytest.mark.engine
 
@@ -250,8 +250,13 @@ def reference(glm_tiny_path: Path) -> Iterator[str]:
         yield url
 
 
-def sdk(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+sdk = OpenAIClients()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    yield
+    sdk.close()
 
 
 def outcome(reply: Any) -> dict[str, Any]:

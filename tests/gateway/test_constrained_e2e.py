@@ -45,8 +45,11 @@ def client(smollm_path: Path) -> Iterator[openai.OpenAI]:
             )
         ]
     )
-    with serve(create_app(settings)) as url:
-        yield openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120)
+    with (
+        serve(create_app(settings)) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120) as c,
+    ):
+        yield c
 
 
 def calls_of(message: Any) -> list[tuple[str, dict[str, Any]]]:

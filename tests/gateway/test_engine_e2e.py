@@ -19,7 +19,7 @@ import pytest
 from backends.llamacpp import LlamaCppBackend, LlamaCppOptions
 from gateway.app import create_app
 from gateway.settings import LlamaCppBackendSettings, ModelSettings, Settings
-from tests.conftest import serve
+from tests.conftest import OpenAIClients, serve
 
 pytestmark = pytest.mark.engine
 
@@ -53,8 +53,13 @@ def tiny(glm_tiny_path: Path) -> Iterator[str]:
         yield url
 
 
-def sdk(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+sdk = OpenAIClients()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    yield
+    sdk.close()
 
 
 def ask(client: openai.OpenAI, content: str, **kwargs: Any) -> Any:

@@ -53,8 +53,11 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     settings = Settings(
         models=[ModelSettings(id="glm", backend=ScriptedBackendSettings(path=str(script)))]
     )
-    with serve(create_app(settings)) as url:
-        yield openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    with (
+        serve(create_app(settings)) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as c,
+    ):
+        yield c
 
 
 def summary(message: Any) -> dict[str, Any]:
