@@ -452,9 +452,13 @@ class VllmBackend(Backend):
         # are counted with the next text that comes.
         pending = 0
         completion = 0
+        done = False
         async for data in _sse_data(response):
-            if data == "[DONE]":
-                break
+            # Read on to the end of the body after [DONE] (it comes right after): a response
+            # closed early takes its connection with it, and a new one costs milliseconds.
+            if done or data == "[DONE]":
+                done = True
+                continue
             try:
                 event = json.loads(data)
             except ValueError as exc:
