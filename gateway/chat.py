@@ -10,7 +10,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -546,25 +553,28 @@ class ChatRun:
             return sse_data({**base, "choices": [choice]})
 
         call_ids: list[str] = []
+
+        def deltas(group: list[ParseEvent]) -> Iterator[bytes]:
+            for event in _coalesce(group):
+                delta = _delta_for(event, call_ids)
+                if delta is not None:
+                    yield chunk(delta)
+
         groups = self.parse_events()
         try:
             # content null, not "": the SDK's stream helpers then assemble the same message as
             # the non-streaming response when the model only calls tools.
             yield chunk({"role": "assistant", "content": None})
+            # One write per backend chunk: a socket write costs about as much as parsing.
             if keepalive > 0:
                 async for item in _first_with_keepalive(groups, keepalive):
-                    if isinstance(item, bytes):
-                        yield item
-                        continue
-                    for event in _coalesce(item):
-                        delta = _delta_for(event, call_ids)
-                        if delta is not None:
-                            yield chunk(delta)
+                    data = item if isinstance(item, bytes) else b"".join(deltas(item))
+                    if data:
+                        yield data
             async for group in groups:
-                for event in _coalesce(group):
-                    delta = _delta_for(event, call_ids)
-                    if delta is not None:
-                        yield chunk(delta)
+                data = b"".join(deltas(group))
+                if data:
+                    yield data
             yield chunk({}, self.finish_reason)
             options = prepared.request.stream_options
             if options is not None and options.include_usage:

@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     engine.add_argument("--n-ctx", type=int, help="context size (default 8192; 0 = model's)")
     engine.add_argument("--n-gpu-layers", type=int, help="layers on the GPU (default -1 = all)")
     engine.add_argument("--threads", type=int, help="CPU threads (default: llama.cpp's choice)")
+    engine.add_argument(
+        "--threads-batch", type=int, help="prompt-processing threads (default: --threads)"
+    )
     serve.add_argument(
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], default=None
     )
@@ -52,7 +55,7 @@ def _model_from_flags(args: argparse.Namespace) -> dict[str, Any]:
         options: dict[str, Any] = {"type": "scripted", "path": args.model}
     else:
         options = {"type": "llamacpp", "model": args.model}
-        for key in ("n_ctx", "n_gpu_layers", "threads"):
+        for key in ("n_ctx", "n_gpu_layers", "threads", "threads_batch"):
             value = getattr(args, key)
             if value is not None:
                 options[key] = value

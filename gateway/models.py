@@ -38,6 +38,7 @@ def build_backend(settings: ModelSettings) -> Backend:
                     n_ctx=opts.n_ctx,
                     n_gpu_layers=opts.n_gpu_layers,
                     n_threads=opts.threads,
+                    n_threads_batch=opts.threads_batch or opts.threads,
                     n_batch=opts.n_batch,
                     flash_attn=opts.flash_attn,
                     verbose=opts.verbose,
