@@ -31,43 +31,10 @@ RUNS = 5
 KIB = 1024
 MIB = 1024 * KIB
 
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "search",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "q": {"type": "string"},
-                    "opts": {"type": "object"},
-                    "flag": {"type": "boolean"},
-                },
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "write_file",
-            "parameters": {
-                "type": "object",
-                "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
-            },
-        },
-    },
-    {"type": "function", "function": {"name": "list_files", "parameters": {"type": "object"}}},
-]
+# Shared with bench/vllm_parser_worker.py, which runs in the vLLM environment.
+TOOLS: list[dict[str, Any]] = json.loads(
+    (Path(__file__).resolve().parent / "tools.json").read_text(encoding="utf-8")
+)
 
 _CODE_LINE = "if (a < b && s == \"x\") { return f<T>('漢字\\n', 😀); } // #{i}\n"
 _PROSE = (

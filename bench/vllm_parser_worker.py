@@ -22,44 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# The tools offered, as in bench/parser_bench.py.
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "search",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "q": {"type": "string"},
-                    "opts": {"type": "object"},
-                    "flag": {"type": "boolean"},
-                },
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "write_file",
-            "parameters": {
-                "type": "object",
-                "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
-            },
-        },
-    },
-    {"type": "function", "function": {"name": "list_files", "parameters": {"type": "object"}}},
-]
+# The tools offered: the same file as bench/parser_bench.py reads.
+TOOLS: list[dict[str, Any]] = json.loads(
+    (Path(__file__).resolve().parent / "tools.json").read_text(encoding="utf-8")
+)
 
 # GLM-4.7's generation prompt with thinking on ends inside <think>.
 PROMPT = "[gMASK]<sop><|user|>Go.<|assistant|><think>"

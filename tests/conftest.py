@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -18,6 +19,9 @@ from fastapi import FastAPI
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 GLM_TINY_GGUF = FIXTURES / "models" / "glm-tiny" / "glm-tiny.gguf"
+GLM_TINY_TOOLS: list[dict[str, Any]] = json.loads(
+    (FIXTURES / "models" / "glm-tiny" / "tools.json").read_text(encoding="utf-8")
+)
 SMOLLM_GGUF = Path(
     os.environ.get(
         "GLM_GATEWAY_TEST_SMOLLM",

@@ -37,7 +37,7 @@ from gateway.settings import (
     VllmBackendSettings,
     VllmReplicaSettings,
 )
-from tests.conftest import FIXTURES, OpenAIClients, serve
+from tests.conftest import FIXTURES, GLM_TINY_TOOLS, OpenAIClients, serve
 
 pytestmark = pytest.mark.engine
 
@@ -50,28 +50,8 @@ STARTUP_TIMEOUT = 300.0
 MODEL = "glm-4.7-flash"
 THINKING_OFF: dict[str, Any] = {"chat_template_kwargs": {"enable_thinking": False}}
 
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Get the current weather for a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "list_files",
-            "description": "List the files in the working directory",
-            "parameters": {"type": "object", "properties": {}},
-        },
-    },
-]
+# The tools glm-tiny was trained with: its README outputs come back with these.
+TOOLS: list[dict[str, Any]] = GLM_TINY_TOOLS
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
 

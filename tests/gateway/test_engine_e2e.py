@@ -19,7 +19,7 @@ import pytest
 from backends.llamacpp import LlamaCppBackend, LlamaCppOptions
 from gateway.app import create_app
 from gateway.settings import LlamaCppBackendSettings, ModelSettings, Settings
-from tests.conftest import OpenAIClients, serve
+from tests.conftest import GLM_TINY_TOOLS, OpenAIClients, serve
 
 pytestmark = pytest.mark.engine
 
@@ -253,28 +253,8 @@ def test_tiny_thinking_off(tiny: str) -> None:
     assert (message.model_extra or {}).get("reasoning_content") is None
 
 
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Get the current weather for a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "list_files",
-            "description": "List the files in the working directory",
-            "parameters": {"type": "object", "properties": {}},
-        },
-    },
-]
+# The tools glm-tiny was trained with: its README outputs come back with these.
+TOOLS: list[dict[str, Any]] = GLM_TINY_TOOLS
 
 
 def test_tiny_auto_tool_call_ends_at_observation(tiny: str) -> None:
