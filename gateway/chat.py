@@ -588,17 +588,22 @@ class ChatRun:
 KEEPALIVE = b": keep-alive\n\n"
 
 
+async def keepalive_until(task: asyncio.Future[Any], interval: float) -> AsyncIterator[bytes]:
+    """An SSE keep-alive comment every ``interval`` seconds until ``task`` is done."""
+    while not task.done():
+        await asyncio.wait({task}, timeout=interval)
+        if not task.done():
+            yield KEEPALIVE
+
+
 async def _first_with_keepalive(
     groups: AsyncGenerator[list[ParseEvent], None], interval: float
 ) -> AsyncIterator[bytes | list[ParseEvent]]:
     """Keep-alive comments every ``interval`` until the first group of events, then it."""
     pending = asyncio.ensure_future(anext(groups, None))
     try:
-        while True:
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if done:
-                break
-            yield KEEPALIVE
+        async for comment in keepalive_until(pending, interval):
+            yield comment
         group = pending.result()
         if group is not None:
             yield group

@@ -13,7 +13,6 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -178,8 +177,3 @@ class BodyLimitMiddleware:
         return PayloadTooLargeError(
             f"The request body is larger than the {self.max_bytes} bytes this gateway accepts."
         )
-
-
-def state_of(scope: Scope) -> dict[str, Any]:
-    state: dict[str, Any] = scope.setdefault("state", {})
-    return state

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
 DEFAULT_MODEL_ID = "glm-4.7-flash"
@@ -157,8 +157,9 @@ class Settings(BaseSettings):
         env_prefix="GLM_GATEWAY_",
         env_nested_delimiter="__",
         extra="forbid",
-        yaml_file=None,
     )
+    # Set on the subclass load_settings makes for a file (see settings_customise_sources).
+    file_values: ClassVar[dict[str, Any]] = {}
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -223,10 +224,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if settings_cls.model_config.get("yaml_file"):
-            sources.append(YamlConfigSettingsSource(settings_cls))
-        return tuple(sources)
+        # Lowest: the values ``load_settings`` read from the YAML file (parsed once, there).
+        file_values = getattr(settings_cls, "file_values", {})
+        file_source = InitSettingsSource(settings_cls, init_kwargs=dict(file_values))
+        return (init_settings, env_settings, file_source)
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
@@ -240,10 +241,6 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         data = yaml.safe_load(f)
     if data is not None and not isinstance(data, dict):
         raise ValueError(f"{path}: the top level must be a mapping of settings")
-    with_file = type(
-        "FileSettings",
-        (Settings,),
-        {"model_config": SettingsConfigDict(**{**Settings.model_config, "yaml_file": path})},
-    )
+    with_file = type("FileSettings", (Settings,), {"file_values": data or {}})
     settings: Settings = with_file(**overrides)
     return Settings.model_validate(settings.model_dump())

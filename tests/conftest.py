@@ -61,7 +61,7 @@ def glm_tiny_path() -> Path:
     return require_file(GLM_TINY_GGUF, "copied from shared/models/glm-tiny")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -76,7 +76,7 @@ def serve(app: FastAPI, *, ready_timeout: float = 120.0) -> Iterator[str]:
     """
     import httpx
 
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

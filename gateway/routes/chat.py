@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..chat import KEEPALIVE, ChatRun, Limits, PreparedChat, RunOptions, prepare
+from ..chat import ChatRun, Limits, PreparedChat, RunOptions, keepalive_until, prepare
 from ..errors import InvalidRequestError
 from ..models import ModelRegistry
 from ..sampling import sampling_dict
@@ -121,10 +121,8 @@ async def chat_completions(request: Request) -> Response:
 async def _keepalive_until_started(
     start: asyncio.Task[None], run: ChatRun, interval: float
 ) -> AsyncIterator[bytes]:
-    while not start.done():
-        await asyncio.wait({start}, timeout=interval)
-        if not start.done():
-            yield KEEPALIVE
+    async for comment in keepalive_until(start, interval):
+        yield comment
     start.result()  # an error here becomes the stream's error event
     async for data in run.stream(interval):
         yield data

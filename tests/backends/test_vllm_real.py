@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ from gateway.settings import (
     VllmBackendSettings,
     VllmReplicaSettings,
 )
-from tests.conftest import FIXTURES, GLM_TINY_TOOLS, OpenAIClients, serve
+from tests.conftest import FIXTURES, GLM_TINY_TOOLS, OpenAIClients, free_port, serve
 
 pytestmark = pytest.mark.engine
 
@@ -70,13 +69,6 @@ def vllm_python() -> Path:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

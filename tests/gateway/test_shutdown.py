@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,16 +23,11 @@ import httpx
 import pytest
 import yaml
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "glm-4.7-flash"
 START_TIMEOUT = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -52,7 +46,7 @@ def gateway(tmp_path: Path, *, chunks: int, delay_ms: int, grace: float) -> Iter
     script = tmp_path / "slow.jsonl"
     pieces = ["Counting slowly.</think>"] + [f"{i} " for i in range(1, chunks)]
     script.write_text(json.dumps({"chunks": pieces, "delay_ms": delay_ms}) + "\n")
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(
         yaml.safe_dump(
