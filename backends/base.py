@@ -7,9 +7,9 @@ gateway renders the prompt and parses the output. The stream a backend yields is
 
 ``Started`` comes once the request has been admitted and validated (prompt tokenized, context
 checked, engine acquired), before any token is produced, so the HTTP layer can still answer a
-proper status code for errors raised before it. Errors are ``gateway.errors.GatewayError``
-subclasses. Closing the async iterator early (client gone) must stop the generation promptly
-and free the engine.
+proper status code for errors raised before it. Errors are ``backends.errors.BackendError``
+subclasses; the gateway maps them to statuses. Closing the async iterator early (client gone)
+must stop the generation promptly and free the engine.
 """
 
 from __future__ import annotations
@@ -20,23 +20,21 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from .sampling import SamplingParams
+
+__all__ = [
+    "Backend",
+    "BackendEvent",
+    "Chunk",
+    "FinishReason",
+    "Finished",
+    "GenerationRequest",
+    "ModelInfo",
+    "SamplingParams",
+    "Started",
+]
+
 FinishReason = Literal["stop", "length"]
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    """Resolved sampling for one request; ``None`` leaves the engine's own default."""
-
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    seed: int | None = None
-    max_tokens: int | None = None
-    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +48,17 @@ class GenerationRequest:
     # sent to backends whose ``supports_grammar`` is true; the gateway refuses it otherwise.
     grammar: str | None = None
     request_id: str = ""
+    # A stable id of the conversation (session id, prompt-cache key), from the API layer: a
+    # placement hint for engines with several cached sequences or replicas, never a
+    # substitute for matching the prompt itself.
+    conversation_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Started:
     prompt_tokens: int
+    # Prompt tokens whose cached state the engine reused rather than evaluating them.
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,10 @@ class Finished:
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    # Prompt tokens reused from a cache, where only known once the prompt was read.
+    cached_tokens: int = 0
+    # The client's stop string that ended the generation, if one did.
+    stop_sequence: str | None = None
 
 
 BackendEvent = Started | Chunk | Finished
@@ -86,7 +94,8 @@ class Backend(abc.ABC):
 
     #: Whether ``GenerationRequest.grammar`` is enforced.
     supports_grammar: bool = False
-    #: Generations it runs at once; the gateway queues the rest. None: no limit of its own.
+    #: Generations it runs at once (its capacity); the gateway's admission gate, the one
+    #: queue per model, holds the rest. None: no limit of its own.
     max_concurrency: int | None = None
     #: The lowest sampling layer: what this engine needs unless a route or client says else.
     sampling_defaults: Mapping[str, Any] = MappingProxyType({})

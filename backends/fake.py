@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from gateway.errors import BackendError, GatewayError
-
 from .base import Backend, BackendEvent, Chunk, Finished, GenerationRequest, ModelInfo, Started
+from .errors import BackendError
 
 
 class FakeBackend(Backend):
@@ -22,7 +21,7 @@ class FakeBackend(Backend):
         *,
         chunk_delay: float = 0.0,
         start_delay: float = 0.0,
-        fail_at_start: GatewayError | None = None,
+        fail_at_start: Exception | None = None,
         fail_after: int | None = None,
         hang_after: int | None = None,
         prompt_tokens: int = 10,

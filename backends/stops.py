@@ -15,6 +15,8 @@ class StopMatcher:
         self._stops = tuple(s for s in stops if s)
         self._held = ""
         self.stopped = False
+        # The stop string that completed, once one did.
+        self.matched: str | None = None
 
     def feed(self, text: str) -> str:
         """Return the text that is safe to emit; sets ``stopped`` when a stop string completes."""
@@ -30,6 +32,7 @@ class StopMatcher:
             i = buf.find(stop)
             if i != -1 and (first == -1 or i < first):
                 first = i
+                self.matched = stop
         if first != -1:
             self.stopped = True
             self._held = ""

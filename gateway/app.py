@@ -13,19 +13,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backends.base import Backend
+from backends.errors import BackendError as EngineError
 
 from . import __version__
-from .errors import GatewayError, InvalidRequestError
+from .api import api_for_path, wire_apis
+from .api.base import WireApi
+from .api.openai_chat.request import ChatCompletionRequest, ErrorResponse
+from .errors import GatewayError, InvalidRequestError, from_backend
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from .models import ModelRegistry
 from .observability import Metrics
-from .protocol import ChatCompletionRequest, ErrorResponse
-from .routes import chat, models
 from .routes import metrics as metrics_route
+from .routes import models
 from .settings import Settings
 
 logger = logging.getLogger("glm_gateway")
@@ -58,35 +61,39 @@ def validation_error(errors: list[Any]) -> InvalidRequestError:
     )
 
 
-def error_response(exc: GatewayError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    # The one place where errors become HTTP.
-    async def on_gateway_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GatewayError)
+def _install_error_handlers(app: FastAPI, apis: tuple[WireApi, ...]) -> None:
+    # The one place where errors become HTTP, in the shape of the API that owns the path.
+    def respond(request: Request, exc: GatewayError) -> Response:
         record = request.scope.get("state", {}).get("record")
         if record is not None:
             record.error = exc.code or exc.error_type
-        return error_response(exc)
+        return api_for_path(apis, request.url.path).error_response(exc)
 
-    async def on_pydantic_error(_: Request, exc: Exception) -> Response:
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return respond(request, exc)
+
+    async def on_engine_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, EngineError)
+        return respond(request, from_backend(exc))
+
+    async def on_pydantic_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, pydantic.ValidationError | RequestValidationError)
-        return error_response(validation_error(list(exc.errors())))
+        return respond(request, validation_error(list(exc.errors())))
 
-    async def on_http_error(_: Request, exc: Exception) -> Response:
+    async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         err = GatewayError(str(exc.detail), code=None)
         err.status_code = exc.status_code
         err.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return error_response(err)
+        return respond(request, err)
 
-    async def on_unexpected(_: Request, exc: Exception) -> Response:
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error", exc_info=exc)
-        return error_response(GatewayError("Internal server error."))
+        return respond(request, GatewayError("Internal server error."))
 
     app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(EngineError, on_engine_error)
     app.add_exception_handler(pydantic.ValidationError, on_pydantic_error)
     app.add_exception_handler(RequestValidationError, on_pydantic_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
@@ -154,21 +161,30 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
             await asyncio.gather(loading, return_exceptions=True)
             await registry.aclose()
 
+    apis = wire_apis()
     app = FastAPI(title="glm-gateway", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
-    _install_error_handlers(app)
+    _install_error_handlers(app, apis)
     _install_openapi(app)
-    app.include_router(chat.router)
+    for api in apis:
+        app.include_router(api.router)
     app.include_router(models.router)
     app.include_router(metrics_route.router)
 
+    def shape(path: str, exc: GatewayError) -> Response:
+        return api_for_path(apis, path).error_response(exc)
+
+    def api_of(path: str) -> str | None:
+        owner = next((api for api in apis if api.owns(path)), None)
+        return owner.name if owner is not None else None
+
     # Added innermost first: the request context (ids, access log) wraps everything, so 401s
     # and 413s are logged and counted too.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, shape=shape)
     if api_keys:
-        app.add_middleware(ApiKeyMiddleware, keys=api_keys)
+        app.add_middleware(ApiKeyMiddleware, keys=api_keys, shape=shape)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -177,5 +193,7 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
             allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
             expose_headers=["x-request-id", "x-sampling-route", "x-gateway-overhead-ms"],
         )
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, log_format=settings.log_format)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, log_format=settings.log_format, api_of=api_of
+    )
     return app

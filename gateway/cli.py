@@ -12,6 +12,8 @@ from typing import Any, cast
 import pydantic
 import yaml
 
+from backends.registry import backend_type, backend_types
+
 from . import __version__
 from .settings import DEFAULT_MODEL_ID, Settings, load_settings
 
@@ -28,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="a .gguf file (llamacpp) or a .jsonl script (scripted)")
     source.add_argument(
         "--backend",
-        choices=["llamacpp", "scripted"],
+        choices=[spec.name for spec in backend_types() if spec.model_flag is not None],
         help="backend for --model (default: by file extension)",
     )
     source.add_argument(
@@ -49,16 +51,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Engine flags, passed on to backends whose settings have the field.
+_ENGINE_FLAGS = ("n_ctx", "n_gpu_layers", "threads", "threads_batch")
+
+
+def _backend_for(model: str) -> str:
+    """The engine for ``--model`` by its suffix; llama.cpp (GGUF, Hugging Face specs) else."""
+    for spec in backend_types():
+        if spec.model_flag is not None and model.endswith(spec.suffixes):
+            return spec.name
+    return "llamacpp"
+
+
 def _model_from_flags(args: argparse.Namespace) -> dict[str, Any]:
-    backend = args.backend or ("scripted" if args.model.endswith(".jsonl") else "llamacpp")
-    if backend == "scripted":
-        options: dict[str, Any] = {"type": "scripted", "path": args.model}
-    else:
-        options = {"type": "llamacpp", "model": args.model}
-        for key in ("n_ctx", "n_gpu_layers", "threads", "threads_batch"):
-            value = getattr(args, key)
-            if value is not None:
-                options[key] = value
+    spec = backend_type(args.backend or _backend_for(args.model))
+    assert spec.model_flag is not None
+    options: dict[str, Any] = {"type": spec.name, spec.model_flag: args.model}
+    for key in _ENGINE_FLAGS:
+        value = getattr(args, key)
+        if value is not None and key in spec.settings.model_fields:
+            options[key] = value
     return {"id": args.model_id or DEFAULT_MODEL_ID, "backend": options}
 
 

@@ -1,13 +1,16 @@
 """The gateway's one error hierarchy.
 
 Every error a client can see is a ``GatewayError``; ``gateway.app`` maps them to HTTP in one
-place, and the SSE writer turns them into a final ``data: {"error": ...}`` event once headers
-are out. Backends raise these too, so a backend never decides an HTTP status itself.
+place, in the shape of the request's wire API, and a stream sends them as its last event once
+headers are out. Backends raise their own family (``backends.errors``), which ``from_backend``
+maps here, so an engine never decides an HTTP status itself.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from backends import errors as backend_errors
 
 
 class GatewayError(Exception):
@@ -102,3 +105,23 @@ class BackendTimeoutError(BackendError):
 
 class ModelNotReadyError(BackendUnavailableError):
     code = "model_not_ready"
+
+
+# The one table from the engines' errors to the gateway's: the most specific class first.
+_FROM_BACKEND: tuple[tuple[type[backend_errors.BackendError], type[GatewayError]], ...] = (
+    (backend_errors.PromptTooLong, ContextLengthExceededError),
+    (backend_errors.BadRequest, InvalidRequestError),
+    (backend_errors.BackendNotReady, ModelNotReadyError),
+    (backend_errors.BackendUnavailable, BackendUnavailableError),
+    (backend_errors.BackendTimeout, BackendTimeoutError),
+    (backend_errors.BackendError, BackendError),
+)
+
+
+def from_backend(exc: backend_errors.BackendError) -> GatewayError:
+    """The gateway error (and so the status) for an engine's error."""
+    for engine_class, gateway_class in _FROM_BACKEND:
+        if isinstance(exc, engine_class):
+            param = exc.param if isinstance(exc, backend_errors.BadRequest) else None
+            return gateway_class(exc.message, param=param, code=exc.code)
+    return BackendError(str(exc))

@@ -1,7 +1,8 @@
 """Pure ASGI middleware: request ids and the access log, API keys, and the body size limit.
 
 Pure ASGI (not BaseHTTPMiddleware) so that the receive channel reaches the routes untouched:
-disconnect detection in ``gateway.streaming`` depends on it.
+disconnect detection in ``gateway.pipeline.sse`` depends on it. Errors answered here take
+the shape of the wire API that owns the path (``ErrorShaper``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import AuthenticationError, GatewayError, PayloadTooLargeError
@@ -24,12 +26,17 @@ access_log = logging.getLogger("glm_gateway.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-async def send_error(send: Send, exc: GatewayError) -> None:
-    body = json.dumps(exc.to_dict()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+#: The error response for a path, in the shape of the wire API that owns it.
+ErrorShaper = Callable[[str, GatewayError], Response]
+
+
+async def send_error(
+    scope: Scope, receive: Receive, send: Send, exc: GatewayError, shape: ErrorShaper
+) -> None:
+    record = scope.get("state", {}).get("record")
+    if record is not None:
+        record.error = exc.code or exc.error_type
+    await shape(scope["path"], exc)(scope, receive, send)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -42,10 +49,18 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class RequestContextMiddleware:
     """Gives each request an id (``X-Request-Id`` is honoured), logs one line at its end."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, log_format: str = "json") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        log_format: str = "json",
+        api_of: Callable[[str], str | None] = lambda _: None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.log_format = log_format
+        self.api_of = api_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,7 +69,9 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         given = _header(scope, b"x-request-id")
         request_id = given if given and _REQUEST_ID.match(given) else secrets.token_hex(12)
-        record = RequestRecord(request_id, method=scope["method"], path=scope["path"])
+        record = RequestRecord(
+            request_id, method=scope["method"], path=scope["path"], api=self.api_of(scope["path"])
+        )
         state = scope.setdefault("state", {})
         state["record"] = record
         state["started"] = started
@@ -103,8 +120,9 @@ class ApiKeyMiddleware:
 
     PUBLIC = frozenset({"/health", "/ready"})
 
-    def __init__(self, app: ASGIApp, *, keys: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, *, keys: Sequence[str], shape: ErrorShaper) -> None:
         self.app = app
+        self.shape = shape
         # Compared as bytes with hmac.compare_digest: the time taken does not depend on how
         # much of a key matched. Every key is compared, so neither does it say which matched.
         self._keys = [k.encode() for k in keys]
@@ -116,14 +134,12 @@ class ApiKeyMiddleware:
         if self._valid(self._presented(scope)):
             await self.app(scope, receive, send)
             return
-        await send_error(
-            send,
-            AuthenticationError(
-                "Missing or invalid API key. Send it as 'Authorization: Bearer KEY' or "
-                "'x-api-key: KEY'.",
-                headers={"WWW-Authenticate": "Bearer"},
-            ),
+        error = AuthenticationError(
+            "Missing or invalid API key. Send it as 'Authorization: Bearer KEY' or "
+            "'x-api-key: KEY'.",
+            headers={"WWW-Authenticate": "Bearer"},
         )
+        await send_error(scope, receive, send, error, self.shape)
 
     @staticmethod
     def _presented(scope: Scope) -> bytes | None:
@@ -147,9 +163,10 @@ class ApiKeyMiddleware:
 class BodyLimitMiddleware:
     """413 for request bodies over the limit, declared or streamed."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, shape: ErrorShaper) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.shape = shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -157,7 +174,7 @@ class BodyLimitMiddleware:
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await send_error(send, self._error())
+            await send_error(scope, receive, send, self._error(), self.shape)
             return
         received = 0
 

@@ -8,50 +8,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from backends.base import Backend
+from backends.registry import build_backend
 
 from .admission import AdmissionGate
 from .errors import ModelNotFoundError
 from .sampling import model_routes
-from .settings import (
-    LlamaCppBackendSettings,
-    ModelSettings,
-    RouteSettings,
-    ScriptedBackendSettings,
-    VllmBackendSettings,
-)
+from .settings import ModelSettings, RouteSettings
 
 logger = logging.getLogger("glm_gateway.models")
-
-
-def build_backend(settings: ModelSettings) -> Backend:
-    match settings.backend:
-        case LlamaCppBackendSettings() as opts:
-            # Imported here: llama-cpp-python is an optional dependency.
-            from backends.llamacpp import LlamaCppBackend, LlamaCppOptions
-
-            from .model_source import resolve_model
-
-            # A Hugging Face spec downloads here, once, with a progress bar, before serving.
-            return LlamaCppBackend(
-                LlamaCppOptions(
-                    model_path=str(resolve_model(opts.model)),
-                    n_ctx=opts.n_ctx,
-                    n_gpu_layers=opts.n_gpu_layers,
-                    n_threads=opts.threads,
-                    n_threads_batch=opts.threads_batch or opts.threads,
-                    n_batch=opts.n_batch,
-                    flash_attn=opts.flash_attn,
-                    verbose=opts.verbose,
-                )
-            )
-        case ScriptedBackendSettings() as opts:
-            from backends.scripted import ScriptedBackend
-
-            return ScriptedBackend(path=opts.path, context_length=opts.context_length)
-        case VllmBackendSettings() as opts:
-            from backends.vllm import VllmBackend
-
-            return VllmBackend.from_settings(opts)
 
 
 @dataclass(slots=True)
@@ -65,11 +29,13 @@ class ServedModel:
     def __post_init__(self) -> None:
         self.routes = model_routes(self.settings)
         admission = self.settings.admission
-        self.gate = AdmissionGate(
-            admission.max_concurrent or self.backend.max_concurrency,
-            admission.max_queue,
-            admission.max_wait,
-        )
+        # The one queue: never more at once than the backend can run, so nobody waits
+        # unseen behind the gate.
+        capacity = self.backend.max_concurrency
+        limit = admission.max_concurrent or capacity
+        if capacity is not None and limit is not None:
+            limit = min(limit, capacity)
+        self.gate = AdmissionGate(limit, admission.max_queue, admission.max_wait)
 
     @property
     def id(self) -> str:
@@ -104,7 +70,7 @@ class ModelRegistry:
     ) -> ModelRegistry:
         """``backends`` lets tests hand in ready-made backends by model id."""
         given = backends or {}
-        return cls([ServedModel(m, given.get(m.id) or build_backend(m)) for m in models])
+        return cls([ServedModel(m, given.get(m.id) or build_backend(m.backend)) for m in models])
 
     def __iter__(self) -> Iterator[ServedModel]:
         return iter(self._models)

@@ -29,6 +29,8 @@ class RequestRecord:
     request_id: str
     method: str = ""
     path: str = ""
+    # The wire API that served it ("openai_chat", "anthropic", ...), None for other paths.
+    api: str | None = None
     status: int = 0
     model: str | None = None
     route: str | None = None
@@ -82,7 +84,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "glm_gateway_requests", "HTTP requests", ["model", "route", "status"], registry=r
+            "glm_gateway_requests",
+            "HTTP requests",
+            ["model", "route", "status", "api"],
+            registry=r,
         )
         self.ttft = Histogram(
             "glm_gateway_time_to_first_token_seconds",
@@ -100,8 +105,8 @@ class Metrics:
         )
         self.duration = Histogram(
             "glm_gateway_request_duration_seconds",
-            "End-to-end duration of chat completions",
-            ["model", "route"],
+            "End-to-end duration of generations",
+            ["model", "route", "api"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -143,11 +148,13 @@ class Metrics:
 
     def observe_request(self, record: RequestRecord) -> None:
         model = record.model or "-"
-        self.requests.labels(model, record.route or "-", str(record.status)).inc()
-        if record.model is None or record.path not in ("/v1/chat/completions",):
+        api = record.api or "-"
+        self.requests.labels(model, record.route or "-", str(record.status), api).inc()
+        # Generations (any wire API): the run filled in the model and the API.
+        if record.model is None or record.api is None:
             return
         if record.duration_ms is not None and record.finish_reason is not None:
-            self.duration.labels(model, record.route or "-").observe(record.duration_ms / 1000)
+            self.duration.labels(model, record.route or "-", api).observe(record.duration_ms / 1000)
         if record.ttft_ms is not None:
             self.ttft.labels(model).observe(record.ttft_ms / 1000)
         if record.queue_wait_ms is not None:

@@ -8,40 +8,30 @@ it holds, so ``None`` from a client means "not set", never "reset to the engine 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from backends.base import SamplingParams
+from backends.sampling import SAMPLING_FIELDS, SamplingParams
 
-from .protocol import ChatCompletionRequest
+from .route_defaults import BUILTIN_ROUTES, GENERAL, TOOLS
+from .settings import ModelSettings, RouteSettings
 
-if TYPE_CHECKING:
-    from .settings import ModelSettings, RouteSettings
-
-SAMPLING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(SamplingParams))
-
-GENERAL = "general"
-TOOLS = "tools"
-
-# FORMAT.md section 4: Z.ai's recommendations. min_p 0.01 replaces llama.cpp's own 0.05 and
-# the repeat penalty is off; both are harmless on engines that already default to them.
-BUILTIN_ROUTES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
-    {
-        GENERAL: MappingProxyType(
-            {"temperature": 1.0, "top_p": 0.95, "min_p": 0.01, "repeat_penalty": 1.0}
-        ),
-        TOOLS: MappingProxyType(
-            {"temperature": 0.7, "top_p": 1.0, "min_p": 0.01, "repeat_penalty": 1.0}
-        ),
-    }
-)
+__all__ = [
+    "BUILTIN_ROUTES",
+    "GENERAL",
+    "SAMPLING_FIELDS",
+    "TOOLS",
+    "ResolvedSampling",
+    "merge_sampling",
+    "model_routes",
+    "resolve_sampling",
+    "sampling_dict",
+    "select_route",
+]
 
 
 def model_routes(model: ModelSettings) -> dict[str, RouteSettings]:
     """The model's routes: built-ins, with the configured fields laid over them."""
-    from .settings import RouteSettings
-
     routes = {
         name: RouteSettings.model_validate(dict(values)) for name, values in BUILTIN_ROUTES.items()
     }
@@ -56,36 +46,10 @@ def model_routes(model: ModelSettings) -> dict[str, RouteSettings]:
     return routes
 
 
-def select_route(request: ChatCompletionRequest, pinned: str | None = None) -> str:
+def select_route(offers_tools: bool, pinned: str | None = None) -> str:
     if pinned is not None:
         return pinned
-    if request.tools and request.tool_choice != "none":
-        return TOOLS
-    return GENERAL
-
-
-def client_sampling(request: ChatCompletionRequest) -> dict[str, Any]:
-    """The sampling fields the client actually set."""
-    layer: dict[str, Any] = {
-        name: getattr(request, name)
-        for name in (
-            "temperature",
-            "top_p",
-            "top_k",
-            "min_p",
-            "repeat_penalty",
-            "presence_penalty",
-            "frequency_penalty",
-            "seed",
-        )
-        if getattr(request, name) is not None
-    }
-    max_tokens = request.max_completion_tokens or request.max_tokens
-    if max_tokens is not None:
-        layer["max_tokens"] = max_tokens
-    if request.stop is not None:
-        layer["stop"] = request.stop_list
-    return layer
+    return TOOLS if offers_tools else GENERAL
 
 
 def merge_sampling(layers: Sequence[Mapping[str, Any]]) -> SamplingParams:
@@ -111,31 +75,26 @@ class ResolvedSampling:
 
 
 def resolve_sampling(
-    request: ChatCompletionRequest,
+    client: Mapping[str, Any],
     route_name: str,
     route: RouteSettings,
     backend_defaults: Mapping[str, Any],
+    *,
+    enable_thinking: bool | None = None,
+    clear_thinking: bool | None = None,
 ) -> ResolvedSampling:
-    """Sampling and template switches for one request, by the precedence above."""
+    """Sampling and template switches for one request, by the precedence above.
+
+    ``client`` is the layer of sampling fields the client set; the template switches are the
+    client's too (None: the route's default, else on for thinking and clearing).
+    """
     sampling = merge_sampling(
-        [
-            backend_defaults,
-            route.defaults_layer(),
-            client_sampling(request),
-            route.overrides.layer(),
-        ]
+        [backend_defaults, route.defaults_layer(), client, route.overrides.layer()]
     )
-    # Template switches: route default < client; reasoning_effort "none" is the client's too.
-    enable_thinking = route.chat_template_kwargs.enable_thinking
-    clear_thinking = route.chat_template_kwargs.clear_thinking
-    if request.reasoning_effort is not None:
-        enable_thinking = request.reasoning_effort != "none"
-    kwargs = request.chat_template_kwargs
-    if kwargs is not None:
-        if kwargs.enable_thinking is not None:
-            enable_thinking = kwargs.enable_thinking
-        if kwargs.clear_thinking is not None:
-            clear_thinking = kwargs.clear_thinking
+    if enable_thinking is None:
+        enable_thinking = route.chat_template_kwargs.enable_thinking
+    if clear_thinking is None:
+        clear_thinking = route.chat_template_kwargs.clear_thinking
     return ResolvedSampling(
         route=route_name,
         sampling=sampling,

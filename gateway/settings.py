@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -14,6 +14,21 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from backends.registry import backend_types
+from backends.sampling import (
+    MaxTokens,
+    MinP,
+    Penalty,
+    RepeatPenalty,
+    Seed,
+    Temperature,
+    TopK,
+    TopP,
+)
+from backends.settings_base import BackendSettingsBase
+
+from .route_defaults import BUILTIN_ROUTES
+
 DEFAULT_MODEL_ID = "glm-4.7-flash"
 
 
@@ -22,63 +37,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LlamaCppBackendSettings(_Strict):
-    type: Literal["llamacpp"] = "llamacpp"
-    model: str = Field(description="Path to a .gguf file")
-    n_ctx: int = Field(8192, ge=0, description="Context size; 0 uses the model's trained context")
-    n_gpu_layers: int = Field(-1, description="Layers offloaded to the GPU; -1 offloads all")
-    threads: int | None = Field(None, ge=1, description="Generation threads")
-    # Prompt-processing threads; defaults to ``threads`` as llama-server's -tb does. Left to
-    # llama-cpp-python, it takes every core, which on a shared machine is much slower.
-    threads_batch: int | None = Field(None, ge=1)
-    n_batch: int = Field(512, ge=1)
-    flash_attn: bool = False
-    verbose: bool = False
+def _backend_union() -> Any:
+    """The discriminated union of every registered backend's settings (``type`` picks one)."""
+    types = tuple(spec.settings for spec in backend_types())
+    return Annotated[Union[types], Field(discriminator="type")]  # noqa: UP007
 
 
-class ScriptedBackendSettings(_Strict):
-    type: Literal["scripted"] = "scripted"
-    path: str = Field(description="JSONL file of canned raw outputs, one per request, cycling")
-    context_length: int = Field(202_752, ge=1)
-
-
-class VllmReplicaSettings(_Strict):
-    url: str = Field(description="Base URL of a vLLM OpenAI server, e.g. http://vllm:8000")
-    api_key: str | None = Field(None, description="Sent as a bearer token to this replica")
-    connect_timeout: float | None = Field(None, gt=0, description="Overrides the backend's")
-    read_timeout: float | None = Field(None, gt=0, description="Overrides the backend's")
-
-
-class VllmBackendSettings(_Strict):
-    type: Literal["vllm"] = "vllm"
-    replicas: list[VllmReplicaSettings] = Field(min_length=1)
-    model: str = Field(description="The model name the vLLM servers serve (--served-model-name)")
-    connect_timeout: float = Field(10.0, gt=0)
-    # Between two chunks of a stream, or for a whole non-streamed upstream answer.
-    read_timeout: float = Field(600.0, gt=0)
-    health_interval: float = Field(5.0, gt=0, description="Seconds between /health checks")
-    # None: read max_model_len from the replicas' /v1/models.
-    context_length: int | None = Field(None, ge=1)
-
-
-BackendSettings = Annotated[
-    LlamaCppBackendSettings | ScriptedBackendSettings | VllmBackendSettings,
-    Field(discriminator="type"),
-]
+if TYPE_CHECKING:
+    BackendSettings = BackendSettingsBase
+else:
+    BackendSettings = _backend_union()
 
 
 class SamplingSettings(_Strict):
     """Sampling fields a route may set; unset fields leave the layer below in force."""
 
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, ge=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=-1)
-    min_p: float | None = Field(None, ge=0.0, le=1.0)
-    repeat_penalty: float | None = Field(None, gt=0.0)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    seed: int | None = None
-    max_tokens: int | None = Field(None, ge=1)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repeat_penalty: RepeatPenalty | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    seed: Seed | None = None
+    max_tokens: MaxTokens | None = None
 
     def layer(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -133,8 +115,6 @@ class ModelSettings(_Strict):
 
     @model_validator(mode="after")
     def _alias_routes_exist(self) -> ModelSettings:
-        from .sampling import BUILTIN_ROUTES
-
         known = {*BUILTIN_ROUTES, *self.routes}
         for i, alias in enumerate(self.alias_settings()):
             if alias.route is not None and alias.route not in known:

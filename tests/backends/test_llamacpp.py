@@ -24,13 +24,15 @@ from backends.base import (
     SamplingParams,
     Started,
 )
-from backends.llamacpp import LlamaCppBackend, LlamaCppOptions
-from gateway.errors import (
+from backends.errors import (
     BackendError,
-    BackendUnavailableError,
-    ContextLengthExceededError,
-    ModelNotReadyError,
+    BackendNotReady,
+    BackendUnavailable,
+    PromptTooLong,
 )
+from backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+from gateway.admission import AdmissionGate
+from gateway.errors import from_backend
 from gateway.glm47.tokens import STOP_TOKENS
 
 pytestmark = [pytest.mark.engine, pytest.mark.asyncio(loop_scope="module")]
@@ -186,11 +188,11 @@ async def test_prompt_longer_than_context_is_refused_before_started(
 ) -> None:
     request = GenerationRequest(prompt=smol_prompt("hello " * 3000), sampling=GREEDY)
     stream = aiter(smol.generate(request))
-    with pytest.raises(ContextLengthExceededError) as caught:
+    with pytest.raises(PromptTooLong) as caught:
         await anext(stream)
     assert str(N_CTX) in caught.value.message
     assert caught.value.param == "messages"
-    assert caught.value.code == "context_length_exceeded"
+    assert from_backend(caught.value).code == "context_length_exceeded"
     # The engine is free for the next one.
     assert finish_of(await collect(smol, smol_prompt("Hi"), SamplingParams(max_tokens=2)))
 
@@ -337,14 +339,20 @@ async def test_cancel_during_prompt_evaluation(smol: LlamaCppBackend) -> None:
 
 
 async def test_requests_take_turns_in_arrival_order(glm: LlamaCppBackend) -> None:
+    # The model's one queue is the gateway's admission gate, sized by the backend's capacity.
+    gate = AdmissionGate(glm.max_concurrency, max_queue=8, max_wait=60)
     log: list[tuple[str, str]] = []
 
     async def run(name: str) -> None:
         request = GenerationRequest(
             glm_prompt("What is the capital of France?"), GREEDY, stop_tokens=STOP_TOKENS
         )
-        async for event in glm.generate(request):
-            log.append((name, type(event).__name__))
+        slot = await gate.acquire()
+        try:
+            async for event in glm.generate(request):
+                log.append((name, type(event).__name__))
+        finally:
+            slot.release()
 
     await asyncio.gather(run("a"), run("b"), run("c"))
     names = [name for name, _ in log]
@@ -372,13 +380,13 @@ async def test_not_ready_before_start_and_after_close(glm_tiny_path: Path) -> No
     backend = LlamaCppBackend(LlamaCppOptions(model_path=str(glm_tiny_path), n_ctx=N_CTX))
     assert not backend.ready
     assert backend.info.context_length == N_CTX
-    with pytest.raises(ModelNotReadyError):
+    with pytest.raises(BackendNotReady):
         await anext(aiter(backend.generate(GenerationRequest("x", GREEDY))))
     await backend.start()
     assert backend.ready
     await backend.aclose()
     assert not backend.ready
-    with pytest.raises(ModelNotReadyError):
+    with pytest.raises(BackendNotReady):
         await anext(aiter(backend.generate(GenerationRequest("x", GREEDY))))
 
 
@@ -399,6 +407,6 @@ async def test_closing_the_backend_ends_a_running_generation(smollm_path: Path) 
     # The consumer is not reading: aclose must not wait for it, only for the engine thread.
     await asyncio.wait_for(backend.aclose(), 10)
     assert not backend.ready
-    with pytest.raises(BackendUnavailableError):
+    with pytest.raises(BackendUnavailable):
         async for _ in stream:
             pass

@@ -24,18 +24,17 @@ from backends.base import (
     SamplingParams,
     Started,
 )
-from backends.vllm import VllmBackend, VllmReplica
-from gateway.errors import (
+from backends.errors import (
     BackendError,
-    BackendTimeoutError,
-    BackendUnavailableError,
-    ContextLengthExceededError,
-    GatewayError,
-    InvalidRequestError,
-    ModelNotReadyError,
+    BackendNotReady,
+    BackendTimeout,
+    BackendUnavailable,
+    BadRequest,
+    PromptTooLong,
 )
+from backends.vllm import VllmBackend, VllmBackendSettings, VllmReplica, VllmReplicaSettings
+from gateway.errors import from_backend
 from gateway.glm47.tokens import STOP_TOKENS
-from gateway.settings import VllmBackendSettings, VllmReplicaSettings
 
 PROMPT = "[gMASK]<sop><|user|>Hi<|assistant|><think>"
 REQUEST = GenerationRequest(
@@ -333,14 +332,14 @@ async def test_aclose_makes_it_not_ready(fake: FakeVllm) -> None:
     assert backend.ready
     await backend.aclose()
     assert not backend.ready
-    with pytest.raises(ModelNotReadyError):
+    with pytest.raises(BackendNotReady):
         await run(backend)
 
 
 async def test_not_started_is_not_ready(fake: FakeVllm) -> None:
     backend = fake.backend()
     assert not backend.ready
-    with pytest.raises(ModelNotReadyError):
+    with pytest.raises(BackendNotReady):
         await run(backend)
 
 
@@ -355,16 +354,16 @@ CONTEXT_MESSAGE = (
 @pytest.mark.parametrize(
     ("handler", "kind", "status", "needle"),
     [
-        (error(400, CONTEXT_MESSAGE, "input_tokens"), ContextLengthExceededError, 400, "2049"),
-        (error(400, "Invalid grammar specification: bad"), InvalidRequestError, 400, "grammar"),
+        (error(400, CONTEXT_MESSAGE, "input_tokens"), PromptTooLong, 400, "2049"),
+        (error(400, "Invalid grammar specification: bad"), BadRequest, 400, "grammar"),
         (error(500, "engine exploded"), BackendError, 502, "engine exploded"),
-        (error(503, "overloaded"), BackendUnavailableError, 503, "overloaded"),
+        (error(503, "overloaded"), BackendUnavailable, 503, "overloaded"),
         (error(404, "The model `glm` does not exist."), BackendError, 502, "does not serve"),
     ],
     ids=["context", "bad-request", "500", "503", "404"],
 )
 async def test_status_mapping(
-    handler: Handler, kind: type[GatewayError], status: int, needle: str
+    handler: Handler, kind: type[BackendError], status: int, needle: str
 ) -> None:
     fake = FakeVllm(1)
     fake["r0"].completion = handler
@@ -373,7 +372,7 @@ async def test_status_mapping(
     with pytest.raises(kind) as err:
         await run(backend)
     assert type(err.value) is kind
-    assert err.value.status_code == status
+    assert from_backend(err.value).status_code == status
     assert needle in err.value.message
     assert "r0:8000" not in err.value.message  # the replica's address stays internal
     await backend.aclose()
@@ -384,11 +383,11 @@ async def test_context_error_names_messages() -> None:
     fake["r0"].completion = error(400, CONTEXT_MESSAGE, "input_tokens")
     backend = fake.backend()
     await backend.start()
-    with pytest.raises(ContextLengthExceededError) as err:
+    with pytest.raises(PromptTooLong) as err:
         await run(backend)
     assert err.value.message == CONTEXT_MESSAGE
     assert err.value.param == "messages"
-    assert err.value.code == "context_length_exceeded"
+    assert from_backend(err.value).code == "context_length_exceeded"
     await backend.aclose()
 
 
@@ -400,7 +399,7 @@ async def test_rejected_api_key_is_named_never_echoed(status: int) -> None:
     await backend.start()
     with pytest.raises(BackendError) as err:
         await run(backend)
-    assert err.value.status_code == 502
+    assert from_backend(err.value).status_code == 502
     assert "api_key" in err.value.message
     assert "sk-very-secret" not in err.value.message
     await backend.aclose()
@@ -409,15 +408,15 @@ async def test_rejected_api_key_is_named_never_echoed(status: int) -> None:
 @pytest.mark.parametrize(
     ("exc", "kind", "status"),
     [
-        (httpx.ConnectError("refused"), BackendUnavailableError, 503),
-        (httpx.ConnectTimeout("slow"), BackendUnavailableError, 503),
-        (httpx.ReadTimeout("slow"), BackendTimeoutError, 504),
+        (httpx.ConnectError("refused"), BackendUnavailable, 503),
+        (httpx.ConnectTimeout("slow"), BackendUnavailable, 503),
+        (httpx.ReadTimeout("slow"), BackendTimeout, 504),
         (httpx.RemoteProtocolError("dropped"), BackendError, 502),
     ],
     ids=["connect", "connect-timeout", "read-timeout", "dropped"],
 )
 async def test_transport_error_mapping(
-    exc: Exception, kind: type[GatewayError], status: int
+    exc: Exception, kind: type[BackendError], status: int
 ) -> None:
     fake = FakeVllm(1)
 
@@ -429,7 +428,7 @@ async def test_transport_error_mapping(
     await backend.start()
     with pytest.raises(kind) as err:
         await run(backend)
-    assert err.value.status_code == status
+    assert from_backend(err.value).status_code == status
     await backend.aclose()
 
 
@@ -441,7 +440,7 @@ async def test_read_timeout_is_not_retried(fake: FakeVllm) -> None:
         fake[name].completion = slow
     backend = fake.backend()
     await backend.start()
-    with pytest.raises(BackendTimeoutError):
+    with pytest.raises(BackendTimeout):
         await run(backend)
     # The replica may still be working on the prompt: a retry would double its load.
     assert len(fake["r0"].completions()) + len(fake["r1"].completions()) == 1
@@ -454,7 +453,7 @@ async def test_error_event_before_text_is_a_client_error(fake: FakeVllm) -> None
         fake[name].completion = lambda r: fake[r.url.host].stream(sse(bad, "[DONE]"))
     backend = fake.backend()
     await backend.start()
-    with pytest.raises(InvalidRequestError, match="grammar rejected"):
+    with pytest.raises(BadRequest, match="grammar rejected"):
         await run(backend)
     assert len(fake["r0"].completions()) + len(fake["r1"].completions()) == 1
     await backend.aclose()
@@ -513,7 +512,7 @@ async def test_single_replica_is_not_retried_on_itself() -> None:
     first_call_fails(fake, "503")
     backend = fake.backend()
     await backend.start()
-    with pytest.raises(BackendUnavailableError):
+    with pytest.raises(BackendUnavailable):
         await run(backend)
     assert len(fake["r0"].completions()) == 1
     await backend.aclose()
@@ -525,7 +524,7 @@ async def test_retried_only_once() -> None:
         fake[name].completion = error(503, "busy")
     backend = fake.backend()
     await backend.start()
-    with pytest.raises(BackendUnavailableError):
+    with pytest.raises(BackendUnavailable):
         await run(backend)
     assert sum(len(fake[n].completions()) for n in fake.replicas) == 2
     await backend.aclose()
@@ -536,7 +535,7 @@ async def test_client_errors_are_not_retried(fake: FakeVllm) -> None:
         fake[name].completion = error(400, "temperature must be non-negative")
     backend = fake.backend()
     await backend.start()
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(BadRequest):
         await run(backend)
     assert len(fake["r0"].completions()) + len(fake["r1"].completions()) == 1
     await backend.aclose()
@@ -554,7 +553,7 @@ async def test_failure_after_first_chunk_is_an_error_not_a_retry(fake: FakeVllm)
         async for e in backend.generate(REQUEST):
             got.append(e)
     assert got == [Started(0), Chunk("Hi", 1)]
-    assert err.value.status_code == 502
+    assert from_backend(err.value).status_code == 502
     assert "during the generation" in err.value.message
     assert len(fake["r0"].completions()) + len(fake["r1"].completions()) == 1
     await backend.aclose()
@@ -568,7 +567,7 @@ async def test_abort_after_first_chunk_is_an_error(fake: FakeVllm) -> None:
         )
     backend = fake.backend()
     await backend.start()
-    with pytest.raises(BackendUnavailableError, match="aborted"):
+    with pytest.raises(BackendUnavailable, match="aborted"):
         await run(backend)
     await backend.aclose()
 
@@ -595,7 +594,7 @@ async def test_no_healthy_replica_is_503(fake: FakeVllm) -> None:
     backend = fake.backend()
     await backend.start()
     assert not backend.ready
-    with pytest.raises(BackendUnavailableError, match="healthy"):
+    with pytest.raises(BackendUnavailable, match="healthy"):
         await run(backend)
     assert not fake["r0"].completions() and not fake["r1"].completions()
     await backend.aclose()
@@ -666,7 +665,7 @@ async def test_health_checks_take_replicas_out_and_back(fake: FakeVllm) -> None:
 
     r1.health = 503
     await until(lambda: not backend.ready)
-    with pytest.raises(BackendUnavailableError):
+    with pytest.raises(BackendUnavailable):
         await run(backend)
     r0.health = 200
     await until(lambda: backend.ready)

@@ -27,15 +27,10 @@ import jsonschema
 import openai
 import pytest
 
-from backends.vllm import VllmBackend, VllmReplica
+from backends.llamacpp import LlamaCppBackendSettings
+from backends.vllm import VllmBackend, VllmBackendSettings, VllmReplica, VllmReplicaSettings
 from gateway.app import create_app
-from gateway.settings import (
-    LlamaCppBackendSettings,
-    ModelSettings,
-    Settings,
-    VllmBackendSettings,
-    VllmReplicaSettings,
-)
+from gateway.settings import ModelSettings, Settings
 from tests.conftest import FIXTURES, GLM_TINY_TOOLS, OpenAIClients, free_port, serve
 
 pytestmark = pytest.mark.engine

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from backends.scripted import ScriptedBackend, ScriptedResponse
+from backends.scripted import ScriptedBackend, ScriptedBackendSettings, ScriptedResponse
 from gateway.app import create_app
-from gateway.settings import ModelSettings, ScriptedBackendSettings, Settings
+from gateway.settings import ModelSettings, Settings
 
 MODEL = "glm-4.7-flash"
 

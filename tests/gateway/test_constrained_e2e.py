@@ -12,8 +12,9 @@ import jsonschema
 import openai
 import pytest
 
+from backends.llamacpp import LlamaCppBackendSettings
 from gateway.app import create_app
-from gateway.settings import LlamaCppBackendSettings, ModelSettings, Settings
+from gateway.settings import ModelSettings, Settings
 from tests.conftest import FIXTURES, serve
 
 pytestmark = pytest.mark.engine
@@ -163,8 +164,7 @@ def test_streaming_equals_non_streaming_for_same_seed(client: openai.OpenAI) -> 
 def test_scripted_backend_refuses_constraints_clearly(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from backends.scripted import ScriptedBackend, ScriptedResponse
-    from gateway.settings import ScriptedBackendSettings
+    from backends.scripted import ScriptedBackend, ScriptedBackendSettings, ScriptedResponse
 
     settings = Settings(
         models=[ModelSettings(id="m", backend=ScriptedBackendSettings(path="unused"))]

@@ -16,9 +16,9 @@ import httpx
 import openai
 import pytest
 
-from backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+from backends.llamacpp import LlamaCppBackend, LlamaCppBackendSettings, LlamaCppOptions
 from gateway.app import create_app
-from gateway.settings import LlamaCppBackendSettings, ModelSettings, Settings
+from gateway.settings import ModelSettings, Settings
 from tests.conftest import GLM_TINY_TOOLS, OpenAIClients, serve
 
 pytestmark = pytest.mark.engine

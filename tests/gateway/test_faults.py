@@ -21,16 +21,11 @@ import pytest
 from fastapi import FastAPI
 
 from backends.fake import FakeBackend
-from backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+from backends.llamacpp import LlamaCppBackend, LlamaCppBackendSettings, LlamaCppOptions
+from backends.scripted import ScriptedBackendSettings
 from gateway.admission import AdmissionGate
 from gateway.app import create_app
-from gateway.settings import (
-    AdmissionSettings,
-    LlamaCppBackendSettings,
-    ModelSettings,
-    ScriptedBackendSettings,
-    Settings,
-)
+from gateway.settings import AdmissionSettings, ModelSettings, Settings
 from tests.conftest import serve
 
 MODEL = "glm-4.7-flash"

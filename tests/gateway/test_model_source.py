@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from gateway.model_source import ModelSourceError, resolve_model
+from backends.llamacpp.model_source import ModelSourceError, resolve_model
 
 TINY = "test-org/Tiny-GGUF"
 TINY_FILES = {

@@ -9,8 +9,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from backends.scripted import ScriptedBackendSettings
 from gateway.app import create_app
-from gateway.settings import ModelSettings, ScriptedBackendSettings, Settings
+from gateway.settings import ModelSettings, Settings
 from tests.conftest import serve
 
 _GREETING = {"chunks": ["The user ", "greets.</th", "ink>Hello", " there!"]}

@@ -11,8 +11,9 @@ from typing import Any
 import openai
 import pytest
 
+from backends.scripted import ScriptedBackendSettings
 from gateway.app import create_app
-from gateway.settings import ModelSettings, ScriptedBackendSettings, Settings
+from gateway.settings import ModelSettings, Settings
 from tests.conftest import FIXTURES, serve
 
 TOOLS: list[dict[str, Any]] = json.loads(

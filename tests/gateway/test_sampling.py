@@ -8,11 +8,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backends.base import SamplingParams
-from backends.scripted import ScriptedBackend, ScriptedResponse
+from backends.scripted import ScriptedBackend, ScriptedBackendSettings, ScriptedResponse
+from gateway.api.openai_chat.translate import to_chat_input
 from gateway.app import create_app
-from gateway.protocol import ChatCompletionRequest
-from gateway.sampling import merge_sampling, model_routes, resolve_sampling
-from gateway.settings import ModelSettings, RouteSettings, ScriptedBackendSettings, Settings
+from gateway.pipeline.plan import ChatInput
+from gateway.sampling import ResolvedSampling, merge_sampling, model_routes, resolve_sampling
+from gateway.settings import ModelSettings, RouteSettings, Settings
 
 MODEL = "glm-4.7-flash"
 TOOL = {
@@ -21,9 +22,21 @@ TOOL = {
 }
 
 
-def request(**fields: Any) -> ChatCompletionRequest:
-    return ChatCompletionRequest.model_validate(
-        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], **fields}
+def request(**fields: Any) -> ChatInput:
+    return to_chat_input({"model": MODEL, "messages": [{"role": "user", "content": "x"}], **fields})
+
+
+def resolve(
+    chat: ChatInput, name: str, route: RouteSettings, backend: dict[str, Any]
+) -> ResolvedSampling:
+    """The pipeline's merge for what an OpenAI chat request set."""
+    return resolve_sampling(
+        chat.sampling,
+        name,
+        route,
+        backend,
+        enable_thinking=chat.enable_thinking,
+        clear_thinking=chat.clear_thinking,
     )
 
 
@@ -90,9 +103,7 @@ PRECEDENCE_TABLE: list[
 def test_precedence_merge(
     backend: dict[str, Any], route: dict[str, Any], client: dict[str, Any], expected: dict[str, Any]
 ) -> None:
-    resolved = resolve_sampling(
-        request(**client), "general", RouteSettings.model_validate(route), backend
-    )
+    resolved = resolve(request(**client), "general", RouteSettings.model_validate(route), backend)
     assert resolved.sampling == SamplingParams(**expected)
 
 
@@ -103,12 +114,12 @@ def test_merge_rejects_unknown_fields() -> None:
 
 def test_template_kwargs_route_default_and_client() -> None:
     route = RouteSettings.model_validate({"chat_template_kwargs": {"clear_thinking": False}})
-    assert resolve_sampling(request(), "r", route, {}).clear_thinking is False
+    assert resolve(request(), "r", route, {}).clear_thinking is False
     client = request(chat_template_kwargs={"clear_thinking": True})
-    assert resolve_sampling(client, "r", route, {}).clear_thinking is True
+    assert resolve(client, "r", route, {}).clear_thinking is True
     off = RouteSettings.model_validate({"chat_template_kwargs": {"enable_thinking": False}})
-    assert resolve_sampling(request(), "r", off, {}).enable_thinking is False
-    assert resolve_sampling(request(reasoning_effort="high"), "r", off, {}).enable_thinking is True
+    assert resolve(request(), "r", off, {}).enable_thinking is False
+    assert resolve(request(reasoning_effort="high"), "r", off, {}).enable_thinking is True
 
 
 def test_configured_routes_lay_over_builtins() -> None:

@@ -23,9 +23,9 @@ from schemathesis import Case
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from backends.scripted import ScriptedBackend, ScriptedResponse
+from backends.scripted import ScriptedBackend, ScriptedBackendSettings, ScriptedResponse
 from gateway.app import create_app
-from gateway.settings import ModelSettings, ScriptedBackendSettings, Settings
+from gateway.settings import ModelSettings, Settings
 from tests.conftest import serve
 
 MODEL = "glm-4.7-flash"

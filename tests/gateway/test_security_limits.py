@@ -11,8 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backends.fake import FakeBackend
+from backends.scripted import ScriptedBackendSettings
 from gateway.app import create_app
-from gateway.settings import ModelSettings, ScriptedBackendSettings, Settings
+from gateway.settings import ModelSettings, Settings
 
 MODEL = "glm-4.7-flash"
 KEY = "sk-test-0123456789"
@@ -237,8 +238,14 @@ def test_metrics_count_what_happened() -> None:
             r.read()
         client.post("/v1/chat/completions", json=chat(model="nope"))
         text = client.get("/metrics").text
-    assert f'glm_gateway_requests_total{{model="{MODEL}",route="general",status="200"}} 2.0' in text
-    assert 'glm_gateway_requests_total{model="-",route="-",status="404"} 1.0' in text
+    # Labelled by the wire API that served each request.
+    api = 'api="openai_chat",'
+    assert (
+        f'glm_gateway_requests_total{{{api}model="{MODEL}",route="general",status="200"}} 2.0'
+        in (text)
+    )
+    assert f'glm_gateway_requests_total{{{api}model="-",route="-",status="404"}} 1.0' in text
+    assert f'request_duration_seconds_count{{{api}model="{MODEL}",route="general"}} 2.0' in text
     assert f'glm_gateway_completion_tokens_total{{model="{MODEL}"}} 6.0' in text
     assert f'glm_gateway_reasoning_tokens_total{{model="{MODEL}"}} 2.0' in text
     assert f'glm_gateway_time_to_first_token_seconds_count{{model="{MODEL}"}} 2.0' in text

@@ -24,10 +24,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from backends.scripted import ScriptedBackend, ScriptedResponse
+from backends.scripted import ScriptedBackend, ScriptedBackendSettings, ScriptedResponse
 from gateway.admission import AdmissionGate
 from gateway.app import create_app
-from gateway.settings import AdmissionSettings, ModelSettings, ScriptedBackendSettings, Settings
+from gateway.settings import AdmissionSettings, ModelSettings, Settings
 from tests.conftest import serve
 
 MODEL = "glm-4.7-flash"

@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.base import (
+from ..base import (
     Backend,
     BackendEvent,
     Chunk,
@@ -34,15 +34,8 @@ from backends.base import (
     SamplingParams,
     Started,
 )
-from backends.stops import StopMatcher
-from gateway.errors import (
-    BackendError,
-    BackendUnavailableError,
-    ContextLengthExceededError,
-    GatewayError,
-    InvalidRequestError,
-    ModelNotReadyError,
-)
+from ..errors import BackendError, BackendNotReady, BackendUnavailable, BadRequest, PromptTooLong
+from ..stops import StopMatcher
 
 # llama.cpp's own sampling defaults (common_params_sampling), used where a request leaves a
 # field unset. llama-cpp-python's ``generate`` has the same defaults; spelling them out keeps
@@ -178,7 +171,7 @@ class _Engine:
         try:
             return self._lib.LlamaGrammar.from_string(gbnf, verbose=False)
         except ValueError as exc:
-            raise InvalidRequestError(
+            raise BadRequest(
                 f"The output constraint could not be compiled into a grammar: {exc}"
             ) from exc
 
@@ -206,9 +199,7 @@ class _Engine:
             return
         # A job cancelled by its consumer reports to nobody; one cancelled by aclose() must
         # still end its consumer's wait.
-        job.emit(
-            finished or BackendUnavailableError("the model is being unloaded; generation stopped")
-        )
+        job.emit(finished or BackendUnavailable("the model is being unloaded; generation stopped"))
 
     def _run(self, job: _Job) -> Finished | None:
         tokens = job.prompt_tokens
@@ -255,7 +246,7 @@ class _Engine:
         tail = matcher.flush()
         if tail:
             job.emit(Chunk(tail, unsent))
-        return Finished(reason, len(tokens), completion)
+        return Finished(reason, len(tokens), completion, stop_sequence=matcher.matched)
 
     def _eval_prompt(self, tokens: list[int], cancel: threading.Event) -> bool:
         """Put ``tokens`` into the KV cache; False if cancelled on the way.
@@ -349,58 +340,15 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-class _Turn:
-    """One request's place in the FIFO of engine users.
-
-    Each turn waits for the one taken just before it. Turns are taken on arrival, before the
-    prompt is tokenized in a thread, so a long prompt tokenizing slowly does not let later
-    requests overtake it, and a request that fails early (prompt too long) never waits.
-    """
-
-    def __init__(self, previous: asyncio.Future[None] | None, mine: asyncio.Future[None]):
-        self._previous = previous
-        self._mine = mine
-
-    async def wait(self) -> None:
-        if self._previous is not None and not self._previous.done():
-            # shield: a cancelled waiter must not cancel the previous turn's future, which
-            # would let the next request in while that one still runs.
-            await asyncio.shield(self._previous)
-
-    def release(self) -> None:
-        """Pass the turn on: now if every earlier turn is done, else when they are."""
-        if self._mine.done():
-            return
-        if self._previous is None or self._previous.done():
-            self._mine.set_result(None)
-        else:
-            self._previous.add_done_callback(lambda _: self._finish())
-
-    def _finish(self) -> None:
-        if not self._mine.done():
-            self._mine.set_result(None)
-
-
-class _Turns:
-    def __init__(self) -> None:
-        self._last: asyncio.Future[None] | None = None
-
-    def take(self) -> _Turn:
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        turn = _Turn(self._last, mine)
-        self._last = mine
-        return turn
-
-
 class LlamaCppBackend(Backend):
     supports_grammar = True
+    # One sequence on one engine thread: the gateway's admission gate is the only queue.
     max_concurrency = 1
 
     def __init__(self, options: LlamaCppOptions) -> None:
         self._options = options
         self._engine: _Engine | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._turns = _Turns()
         self._closing = False
         # Cancels the running job when the backend closes.
         self._active: _Job | None = None
@@ -424,7 +372,7 @@ class LlamaCppBackend(Backend):
             # The load goes on in its thread; free the model if it ever completes.
             future.add_done_callback(_close_loaded)
             raise
-        except GatewayError:
+        except BackendError:
             raise
         except Exception as exc:
             raise BackendError(
@@ -435,15 +383,10 @@ class LlamaCppBackend(Backend):
         self._closing = True
         if self._active is not None:
             self._active.cancel.set()
-        # Wait behind every request already queued: each finds the backend closing and leaves.
-        turn = self._turns.take()
-        try:
-            await turn.wait()
-            engine, self._engine = self._engine, None
-            if engine is not None and self._executor is not None:
-                await asyncio.get_running_loop().run_in_executor(self._executor, engine.close)
-        finally:
-            turn.release()
+        # The engine thread runs jobs in order: closing waits behind the one it cancelled.
+        engine, self._engine = self._engine, None
+        if engine is not None and self._executor is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, engine.close)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
@@ -470,7 +413,7 @@ class LlamaCppBackend(Backend):
 
     def _engine_or_raise(self) -> _Engine:
         if self._engine is None or self._closing:
-            raise ModelNotReadyError(f"model {self._options.model_path} is not loaded")
+            raise BackendNotReady(f"model {self._options.model_path} is not loaded")
         return self._engine
 
     def _seed(self, seed: int | None) -> int:
@@ -484,98 +427,88 @@ class LlamaCppBackend(Backend):
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[BackendEvent, None]:
         # An async generator: aclose() (or cancelling the task iterating it) stops the worker.
         engine = self._engine_or_raise()
-        # The place in line is taken on arrival; tokenizing (a thread, for long prompts) and
-        # the context check happen while earlier requests still run.
-        turn = self._turns.take()
         finished: Finished | None = None
-        try:
-            prepared = await asyncio.to_thread(engine.prepare, request.prompt, request.stop_tokens)
-            grammar = (
-                await asyncio.to_thread(engine.compile_grammar, request.grammar)
-                if request.grammar is not None
-                else None
+        prepared = await asyncio.to_thread(engine.prepare, request.prompt, request.stop_tokens)
+        grammar = (
+            await asyncio.to_thread(engine.compile_grammar, request.grammar)
+            if request.grammar is not None
+            else None
+        )
+        n_prompt = len(prepared.prompt_tokens)
+        if n_prompt == 0:
+            raise BadRequest("The prompt is empty.", param="messages")
+        if n_prompt >= engine.n_ctx:
+            raise PromptTooLong(
+                f"This model's maximum context length is {engine.n_ctx} tokens, but the "
+                f"prompt has {n_prompt} tokens (at least one must be left for the "
+                "completion). Please reduce the length of the messages.",
+                param="messages",
             )
-            n_prompt = len(prepared.prompt_tokens)
-            if n_prompt == 0:
-                raise InvalidRequestError("The prompt is empty.", param="messages")
-            if n_prompt >= engine.n_ctx:
-                raise ContextLengthExceededError(
-                    f"This model's maximum context length is {engine.n_ctx} tokens, but the "
-                    f"prompt has {n_prompt} tokens (at least one must be left for the "
-                    "completion). Please reduce the length of the messages.",
-                    param="messages",
-                )
-            await turn.wait()
-            engine = self._engine_or_raise()
-            executor = self._executor
-            if executor is None:
-                raise ModelNotReadyError(f"model {self._options.model_path} is not loaded")
+        engine = self._engine_or_raise()
+        executor = self._executor
+        if executor is None:
+            raise BackendNotReady(f"model {self._options.model_path} is not loaded")
 
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue[_Item] = asyncio.Queue()
-            cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
+        cancel = threading.Event()
 
-            def emit(item: _Item) -> None:  # engine thread
-                try:
-                    loop.call_soon_threadsafe(queue.put_nowait, item)
-                except RuntimeError:  # the loop is closed: nobody is listening any more
-                    cancel.set()
-
-            sampling = request.sampling
-            # The context bounds the completion too; reaching it ends with "length".
-            limit = engine.n_ctx - n_prompt
-            if sampling.max_tokens is not None:
-                limit = min(limit, max(sampling.max_tokens, 0))
-            job = _Job(
-                prompt_tokens=prepared.prompt_tokens,
-                stop_ids=prepared.stop_ids,
-                stop_strings=(*sampling.stop, *prepared.stop_texts),
-                max_new_tokens=limit,
-                seed=self._seed(sampling.seed),
-                sampling=_sampling_kwargs(sampling),
-                emit=emit,
-                cancel=cancel,
-                grammar=grammar,
-            )
-            self._active = job
-            worker = loop.run_in_executor(executor, engine.run, job)
-            # The engine is free as soon as the worker is done, even if this consumer is slow
-            # to read what is queued (or not reading at all, when aclose() cancelled the job).
-            worker.add_done_callback(lambda _: turn.release())
+        def emit(item: _Item) -> None:  # engine thread
             try:
-                yield Started(prompt_tokens=n_prompt)
-                held: _Item | None = None
-                while True:
-                    item = held if held is not None else await queue.get()
-                    held = None
-                    if isinstance(item, Chunk):
-                        # Coalesce only what is already waiting: never wait for more.
-                        texts, tokens = [item.text], item.tokens
-                        while not queue.empty():
-                            nxt = queue.get_nowait()
-                            if not isinstance(nxt, Chunk):
-                                held = nxt
-                                break
-                            texts.append(nxt.text)
-                            tokens += nxt.tokens
-                        yield Chunk("".join(texts), tokens)
-                    elif isinstance(item, Finished):
-                        finished = item
-                        break
-                    elif isinstance(item, GatewayError):
-                        raise item
-                    else:
-                        raise BackendError(f"llama.cpp failed: {item!r}") from item
-            finally:
-                # Reached on the end, an error, aclose() (GeneratorExit) or task cancellation.
-                # The engine is only handed on once the worker has really stopped using it.
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
                 cancel.set()
-                await _join(worker)
-                if self._active is job:  # a later request may already have its own job here
-                    self._active = None
+
+        sampling = request.sampling
+        # The context bounds the completion too; reaching it ends with "length".
+        limit = engine.n_ctx - n_prompt
+        if sampling.max_tokens is not None:
+            limit = min(limit, max(sampling.max_tokens, 0))
+        job = _Job(
+            prompt_tokens=prepared.prompt_tokens,
+            stop_ids=prepared.stop_ids,
+            stop_strings=(*sampling.stop, *prepared.stop_texts),
+            max_new_tokens=limit,
+            seed=self._seed(sampling.seed),
+            sampling=_sampling_kwargs(sampling),
+            emit=emit,
+            cancel=cancel,
+            grammar=grammar,
+        )
+        self._active = job
+        worker = loop.run_in_executor(executor, engine.run, job)
+        try:
+            yield Started(prompt_tokens=n_prompt)
+            held: _Item | None = None
+            while True:
+                item = held if held is not None else await queue.get()
+                held = None
+                if isinstance(item, Chunk):
+                    # Coalesce only what is already waiting: never wait for more.
+                    texts, tokens = [item.text], item.tokens
+                    while not queue.empty():
+                        nxt = queue.get_nowait()
+                        if not isinstance(nxt, Chunk):
+                            held = nxt
+                            break
+                        texts.append(nxt.text)
+                        tokens += nxt.tokens
+                    yield Chunk("".join(texts), tokens)
+                elif isinstance(item, Finished):
+                    finished = item
+                    break
+                elif isinstance(item, BackendError):
+                    raise item
+                else:
+                    raise BackendError(f"llama.cpp failed: {item!r}") from item
         finally:
-            turn.release()
-        # Outside the try: the engine is handed on whether or not the consumer asks for more.
+            # Reached on the end, an error, aclose() (GeneratorExit) or task cancellation.
+            # The engine is only handed on once the worker has really stopped using it.
+            cancel.set()
+            await _join(worker)
+            if self._active is job:  # a later request may already have its own job here
+                self._active = None
+        # The worker has stopped: the engine is free whether or not the consumer reads on.
         if finished is not None:
             yield finished
 

@@ -1,8 +1,8 @@
 """Request models for the OpenAI chat API, with the extras vLLM and llama.cpp clients send.
 
 Unknown fields are ignored (SDKs send extras), but every field we know is typed, so a wrong
-type is a 400 that names the field. Responses are built as plain dicts in ``gateway.chat``:
-they are on the per-token path and need no validation.
+type is a 400 that names the field. Responses are built as plain dicts in ``encode``: they are
+on the per-token path and need no validation.
 """
 
 from __future__ import annotations
@@ -10,6 +10,18 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from backends.sampling import (
+    MaxTokens,
+    MinP,
+    Penalty,
+    RepeatPenalty,
+    Seed,
+    StopList,
+    Temperature,
+    TopK,
+    TopP,
+)
 
 
 class _Lenient(BaseModel):
@@ -118,21 +130,17 @@ class ChatTemplateKwargs(_Lenient):
     clear_thinking: bool | None = None
 
 
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-
-
 class ChatCompletionRequest(_Lenient):
     model: str
     messages: Annotated[list[Message], Field(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    top_p: Probability | None = None
-    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
-    seed: int | None = None
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    stop: str | StopList | None = None
+    seed: Seed | None = None
     n: Annotated[int, Field(ge=1)] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
@@ -144,9 +152,9 @@ class ChatCompletionRequest(_Lenient):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     # Extras that vLLM and llama.cpp accept.
-    top_k: Annotated[int, Field(ge=-1)] | None = None
-    min_p: Probability | None = None
-    repeat_penalty: Annotated[float, Field(gt=0.0)] | None = Field(
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repeat_penalty: RepeatPenalty | None = Field(
         None, validation_alias=AliasChoices("repeat_penalty", "repetition_penalty")
     )
     chat_template_kwargs: ChatTemplateKwargs | None = None

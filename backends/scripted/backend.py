@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ModelNotReadyError
-
-from .base import (
+from ..base import (
     Backend,
     BackendEvent,
     Chunk,
@@ -31,7 +29,8 @@ from .base import (
     ModelInfo,
     Started,
 )
-from .stops import StopMatcher
+from ..errors import BackendNotReady
+from ..stops import StopMatcher
 
 
 class ScriptError(ValueError):
@@ -126,7 +125,7 @@ class ScriptedBackend(Backend):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[BackendEvent]:
         if not self._ready:
-            raise ModelNotReadyError("the scripted backend has not loaded its script yet")
+            raise BackendNotReady("the scripted backend has not loaded its script yet")
         response = self._take()
         # A rough count (4 characters a token) keeps usage plausible without a tokenizer.
         prompt_tokens = max(1, len(request.prompt) // 4)
@@ -151,4 +150,4 @@ class ScriptedBackend(Backend):
         tail = stops.flush()
         if tail:
             yield Chunk(tail, tokens=0)
-        yield Finished(reason, prompt_tokens, produced)
+        yield Finished(reason, prompt_tokens, produced, stop_sequence=stops.matched)

@@ -18,13 +18,17 @@ from typing import Any, TypeVar
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .errors import BackendUnavailableError, GatewayError
+from ..errors import BackendUnavailableError, GatewayError
 
 T = TypeVar("T")
 
 logger = logging.getLogger("glm_gateway.streaming")
 
-DONE = b"data: [DONE]\n\n"
+# A comment: every SSE client ignores it, every proxy sees traffic.
+KEEPALIVE = b": keep-alive\n\n"
+
+#: An API's last event for an error after the headers went out.
+ErrorFramer = Callable[[GatewayError], bytes]
 
 
 def encode_json(obj: Any) -> bytes:
@@ -32,7 +36,13 @@ def encode_json(obj: Any) -> bytes:
 
 
 def sse_data(obj: Any) -> bytes:
+    """A data-only event (OpenAI's framing)."""
     return b"data: " + encode_json(obj) + b"\n\n"
+
+
+def sse_event(name: str, obj: Any) -> bytes:
+    """A named event (Anthropic's and the Responses API's framing)."""
+    return b"event: " + name.encode() + b"\ndata: " + encode_json(obj) + b"\n\n"
 
 
 class ClientDisconnected(Exception):
@@ -78,10 +88,12 @@ class EventStreamResponse(Response):
         *,
         headers: Mapping[str, str] | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        error_event: ErrorFramer,
     ) -> None:
         self._body = body
         self._extra_headers = dict(headers or {})
         self._on_close = on_close
+        self._error_event = error_event
         self.status_code = 200
         self.background = None
 
@@ -112,7 +124,7 @@ class EventStreamResponse(Response):
                 await send(
                     {
                         "type": "http.response.body",
-                        "body": sse_data(error.to_dict()),
+                        "body": self._error_event(error),
                         "more_body": False,
                     }
                 )
@@ -133,7 +145,7 @@ class EventStreamResponse(Response):
                 logger.exception("stream failed")
                 exc = GatewayError("internal error while streaming the response")
             await send(
-                {"type": "http.response.body", "body": sse_data(exc.to_dict()), "more_body": True}
+                {"type": "http.response.body", "body": self._error_event(exc), "more_body": True}
             )
         finally:
             aclose = getattr(body, "aclose", None)

@@ -41,15 +41,15 @@ client's fault, never a replica's URL or key):
 ====================================================  =========================================
 upstream                                              raised
 ====================================================  =========================================
-400/413/422, message about the context length         ContextLengthExceededError (400)
-400/413/422, anything else (bad grammar, ...)         InvalidRequestError (400), vLLM's message
+400/413/422, message about the context length         PromptTooLong (400)
+400/413/422, anything else (bad grammar, ...)         BadRequest (400), vLLM's message
 401/403                                               BackendError (502): api_key rejected
 404 (the replica does not serve ``model``)            BackendError (502)
-429, 502, 503, 504, connect error or timeout          BackendUnavailableError (503)
+429, 502, 503, 504, connect error or timeout          BackendUnavailable (503)
 500 and other statuses                                BackendError (502)
 stream broken (connection dropped, error event)       BackendError (502)
-read timeout (no chunk for ``read_timeout`` s)        BackendTimeoutError (504)
-no healthy replica                                    BackendUnavailableError (503)
+read timeout (no chunk for ``read_timeout`` s)        BackendTimeout (504)
+no healthy replica                                    BackendUnavailable (503)
 ====================================================  =========================================
 
 Everything but the 4xx client errors and read timeouts is retried once on another replica
@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from backends.base import (
+from ..base import (
     Backend,
     BackendEvent,
     Chunk,
@@ -83,31 +83,26 @@ from backends.base import (
     FinishReason,
     GenerationRequest,
     ModelInfo,
-    SamplingParams,
     Started,
 )
-from gateway.errors import (
-    BackendError,
-    BackendTimeoutError,
-    BackendUnavailableError,
-    ContextLengthExceededError,
-    GatewayError,
-    InvalidRequestError,
-    ModelNotReadyError,
+from ..errors import BackendError, BackendNotReady, BackendTimeout, BackendUnavailable
+from .wire import (
+    client_error,
+    int_field,
+    sampling_fields,
+    sse_data,
+    upstream_message,
+    upstream_param,
 )
 
 if TYPE_CHECKING:
-    from gateway.settings import VllmBackendSettings
+    from .settings import VllmBackendSettings
 
 logger = logging.getLogger("glm_gateway.backends.vllm")
 
-# vLLM takes a signed 64-bit seed; OpenAI clients may send any integer.
-_SEED_MASK = 0x7FFF_FFFF_FFFF_FFFF
 # Statuses that say "this replica cannot serve right now" rather than "this request is wrong".
 _UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
 _CLIENT_ERROR_STATUSES = frozenset({400, 413, 422})
-# Phrases in vLLM's 400 messages when the prompt (or prompt + max_tokens) does not fit.
-_CONTEXT_PHRASES = ("maximum context length", "max_model_len", "context length")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +161,7 @@ class ReplicaStatus:
 class _Retryable(Exception):
     """A failure before the first chunk that another replica may not have."""
 
-    def __init__(self, error: GatewayError) -> None:
+    def __init__(self, error: BackendError) -> None:
         super().__init__(error.message)
         self.error = error
 
@@ -384,10 +379,10 @@ class VllmBackend(Backend):
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[BackendEvent, None]:
         client = self._client
         if client is None or self._closed:
-            raise ModelNotReadyError(f"the vLLM backend for {self._model} is not started")
+            raise BackendNotReady(f"the vLLM backend for {self._model} is not started")
         tried: set[int] = set()
         started = False
-        last: GatewayError | None = None
+        last: BackendError | None = None
         finished: Finished | None = None
         # At most two attempts: the first, and one retry on another replica.
         for _ in range(2):
@@ -435,7 +430,7 @@ class VllmBackend(Backend):
         if finished is None:
             if last is not None:
                 raise last
-            raise BackendUnavailableError(
+            raise BackendUnavailable(
                 f"No vLLM replica serving {self._model} is healthy; try again shortly."
             )
         # Outside the stream context: the connection is released before the consumer sees
@@ -447,13 +442,14 @@ class VllmBackend(Backend):
     ) -> AsyncIterator[Chunk]:
         """The stream's text chunks; records the end (or raises) in ``attempt``."""
         finish: str | None = None
+        stop_sequence: str | None = None
         usage: dict[str, Any] | None = None
         # Tokens whose text vLLM held back (a possible stop string, a partial character): they
         # are counted with the next text that comes.
         pending = 0
         completion = 0
         done = False
-        async for data in _sse_data(response):
+        async for data in sse_data(response):
             # Read on to the end of the body after [DONE] (it comes right after): a response
             # closed early takes its connection with it, and a new one costs milliseconds.
             if done or data == "[DONE]":
@@ -483,6 +479,9 @@ class VllmBackend(Backend):
                     pending = 0
                 if choice.get("finish_reason"):
                     finish = str(choice["finish_reason"])
+                    # vLLM names the stop string that matched (or the stop token's id).
+                    matched = choice.get("stop_reason")
+                    stop_sequence = matched if isinstance(matched, str) else None
         if finish is None:
             # The stream ended without saying how the generation did: the replica went away.
             self._mark_down(state, "stream ended early")
@@ -490,16 +489,20 @@ class VllmBackend(Backend):
                 BackendError(f"{state.name} closed the stream before the generation finished")
             )
         if finish == "abort":
-            raise _Retryable(BackendUnavailableError(f"{state.name} aborted the generation"))
+            raise _Retryable(BackendUnavailable(f"{state.name} aborted the generation"))
         if finish == "error":
             raise _Retryable(BackendError(f"{state.name} failed during the generation"))
         reason: FinishReason = "length" if finish == "length" else "stop"
-        prompt_tokens = _int(usage, "prompt_tokens")
-        completion_tokens = _int(usage, "completion_tokens")
+        prompt_tokens = int_field(usage, "prompt_tokens")
+        completion_tokens = int_field(usage, "completion_tokens")
+        details = (usage or {}).get("prompt_tokens_details")
+        cached = int_field(details if isinstance(details, dict) else None, "cached_tokens")
         attempt.finished = Finished(
             reason,
             prompt_tokens if prompt_tokens is not None else 0,
             completion_tokens if completion_tokens is not None else completion,
+            cached_tokens=cached or 0,
+            stop_sequence=stop_sequence,
         )
 
     # -- request body -----------------------------------------------------------------------
@@ -516,7 +519,7 @@ class VllmBackend(Backend):
             "skip_special_tokens": False,
             "spaces_between_special_tokens": False,
         }
-        body.update(_sampling_fields(s))
+        body.update(sampling_fields(s))
         stops = list(dict.fromkeys(x for x in (*s.stop, *request.stop_tokens) if x))
         if stops:
             body["stop"] = stops
@@ -536,9 +539,9 @@ class VllmBackend(Backend):
 
     def _status_error(self, state: _ReplicaState, response: httpx.Response) -> Exception:
         status = response.status_code
-        message = _upstream_message(response)
+        message = upstream_message(response)
         if status in _CLIENT_ERROR_STATUSES:
-            return _client_error(message, _upstream_param(response))
+            return client_error(message, upstream_param(response))
         if status in (401, 403):
             return _Retryable(
                 BackendError(
@@ -553,7 +556,7 @@ class VllmBackend(Backend):
         if status in _UNAVAILABLE_STATUSES:
             self._mark_down(state, f"HTTP {status}")
             return _Retryable(
-                BackendUnavailableError(f"{state.name} is unavailable (HTTP {status}): {message}")
+                BackendUnavailable(f"{state.name} is unavailable (HTTP {status}): {message}")
             )
         return _Retryable(BackendError(f"{state.name} failed (HTTP {status}): {message}"))
 
@@ -563,21 +566,19 @@ class VllmBackend(Backend):
         code = error.get("code") if isinstance(error, dict) else None
         if code in _CLIENT_ERROR_STATUSES:
             param = error.get("param") if isinstance(error, dict) else None
-            return _client_error(message, param if isinstance(param, str) else None)
+            return client_error(message, param if isinstance(param, str) else None)
         return _Retryable(BackendError(f"{state.name} failed during the generation: {message}"))
 
     def _transport_error(
         self, state: _ReplicaState, exc: httpx.HTTPError, attempt: _Attempt
-    ) -> tuple[GatewayError, bool]:
+    ) -> tuple[BackendError, bool]:
         """The error to raise for a network failure, and whether another replica may help."""
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             self._mark_down(state, f"{type(exc).__name__}: {exc}")
-            return BackendUnavailableError(f"{state.name} cannot be reached"), True
+            return BackendUnavailable(f"{state.name} cannot be reached"), True
         if isinstance(exc, httpx.TimeoutException):
             return (
-                BackendTimeoutError(
-                    f"{state.name} sent nothing for {state.replica.read_timeout:g} s"
-                ),
+                BackendTimeout(f"{state.name} sent nothing for {state.replica.read_timeout:g} s"),
                 False,
             )
         if isinstance(exc, httpx.TransportError):
@@ -586,78 +587,3 @@ class VllmBackend(Backend):
             where = "during the generation" if attempt.chunks else "before answering"
             return BackendError(f"{state.name} dropped the connection {where}"), True
         return BackendError(f"{state.name} failed: {type(exc).__name__}"), False
-
-
-def _sampling_fields(s: SamplingParams) -> dict[str, Any]:
-    """vLLM's names for the sampling fields that are set; unset ones keep vLLM's defaults."""
-    fields: dict[str, Any] = {
-        "temperature": s.temperature,
-        "top_p": s.top_p,
-        "top_k": s.top_k,
-        "min_p": s.min_p,
-        "repetition_penalty": s.repeat_penalty,
-        "presence_penalty": s.presence_penalty,
-        "frequency_penalty": s.frequency_penalty,
-        "seed": None if s.seed is None else s.seed & _SEED_MASK,
-    }
-    if s.top_p is not None and s.top_p <= 0.0:
-        # top_p 0 keeps only the most likely token (as llama.cpp reads it); vLLM refuses 0,
-        # and top_k 1 says the same.
-        fields["top_p"] = None
-        fields["top_k"] = 1
-    return {k: v for k, v in fields.items() if v is not None}
-
-
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event (multi-line data joined, comments skipped)."""
-    lines: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            lines.append(line[5:].removeprefix(" "))
-    if lines:
-        yield "\n".join(lines)
-
-
-def _upstream_message(response: httpx.Response) -> str:
-    """vLLM's error message: ``{"error": {"message": ...}}``, older shapes, or the raw body."""
-    try:
-        data = response.json()
-    except ValueError:
-        return response.text.strip()[:1000] or response.reason_phrase
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-        for value in (error, data.get("message"), data.get("detail")):
-            if isinstance(value, str):
-                return value
-    return response.text.strip()[:1000]
-
-
-def _upstream_param(response: httpx.Response) -> str | None:
-    with contextlib.suppress(ValueError):
-        data = response.json()
-        error = data.get("error") if isinstance(data, dict) else None
-        param = error.get("param") if isinstance(error, dict) else None
-        if isinstance(param, str):
-            return param
-    return None
-
-
-def _client_error(message: str, upstream_param: str | None) -> InvalidRequestError:
-    # vLLM names its own fields; the client sent messages, not a prompt.
-    param = {"input_tokens": "messages", "prompt": "messages"}.get(
-        upstream_param or "", upstream_param
-    )
-    if any(p in message.lower() for p in _CONTEXT_PHRASES):
-        return ContextLengthExceededError(message, param=param or "messages")
-    return InvalidRequestError(message, param=param)
-
-
-def _int(data: dict[str, Any] | None, key: str) -> int | None:
-    value = (data or {}).get(key)
-    return value if isinstance(value, int) else None

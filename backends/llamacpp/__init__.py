@@ -1,0 +1,43 @@
+"""The in-process llama.cpp engine (llama-cpp-python), the embedded default."""
+
+from __future__ import annotations
+
+from ..registry import BackendType
+from .backend import LlamaCppBackend, LlamaCppOptions, LlamaCppStats
+from .model_source import ModelSourceError, resolve_model
+from .settings import LlamaCppBackendSettings
+
+__all__ = [
+    "BACKEND",
+    "LlamaCppBackend",
+    "LlamaCppBackendSettings",
+    "LlamaCppOptions",
+    "LlamaCppStats",
+    "ModelSourceError",
+    "resolve_model",
+]
+
+
+def _build(settings: LlamaCppBackendSettings) -> LlamaCppBackend:
+    # A Hugging Face spec downloads here, once, with a progress bar, before serving.
+    return LlamaCppBackend(
+        LlamaCppOptions(
+            model_path=str(resolve_model(settings.model)),
+            n_ctx=settings.n_ctx,
+            n_gpu_layers=settings.n_gpu_layers,
+            n_threads=settings.threads,
+            n_threads_batch=settings.threads_batch or settings.threads,
+            n_batch=settings.n_batch,
+            flash_attn=settings.flash_attn,
+            verbose=settings.verbose,
+        )
+    )
+
+
+BACKEND = BackendType(
+    name="llamacpp",
+    settings=LlamaCppBackendSettings,
+    build=_build,
+    model_flag="model",
+    suffixes=(".gguf",),
+)

@@ -1,0 +1,25 @@
+"""Settings of the in-process llama.cpp backend."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ..settings_base import BackendSettingsBase
+
+
+class LlamaCppBackendSettings(BackendSettingsBase):
+    type: Literal["llamacpp"] = "llamacpp"
+    model: str = Field(
+        description="A .gguf path, owner/repo/file.gguf or owner/repo:QUANT (Hugging Face)"
+    )
+    n_ctx: int = Field(8192, ge=0, description="Context size; 0 uses the model's trained context")
+    n_gpu_layers: int = Field(-1, description="Layers offloaded to the GPU; -1 offloads all")
+    threads: int | None = Field(None, ge=1, description="Generation threads")
+    # Prompt-processing threads; defaults to ``threads`` as llama-server's -tb does. Left to
+    # llama-cpp-python, it takes every core, which on a shared machine is much slower.
+    threads_batch: int | None = Field(None, ge=1)
+    n_batch: int = Field(512, ge=1)
+    flash_attn: bool = False
+    verbose: bool = False

@@ -1,0 +1,19 @@
+"""The wire APIs, each a thin layer over the one pipeline (``gateway.pipeline``)."""
+
+from __future__ import annotations
+
+from .base import WireApi
+
+
+def wire_apis() -> tuple[WireApi, ...]:
+    """Every wire API the app serves; the first is the default shape for other paths."""
+    from .openai_chat import API as OPENAI_CHAT
+
+    return (OPENAI_CHAT,)
+
+
+def api_for_path(apis: tuple[WireApi, ...], path: str) -> WireApi:
+    for api in apis:
+        if api.owns(path):
+            return api
+    return apis[0]

@@ -1,0 +1,278 @@
+"""One generation, in no wire format: admission, backend events in, parser events out.
+
+A ``Run`` takes a place in the model's line (the one queue per model), starts the backend,
+feeds its raw text through one GLM-4.7 parser and keeps the accounting (tokens, reasoning
+tokens, finish, timings, the request's log record). Wire APIs turn its parser events into
+their own deltas; streaming and non-streaming consume the same events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from backends.base import BackendEvent, Chunk, Finished, Started
+from backends.errors import BackendError as EngineError
+
+from ..admission import Slot
+from ..errors import BackendError, BackendTimeoutError, ContextLengthExceededError, from_backend
+from ..glm47.events import (
+    MessageAccumulator,
+    ParsedMessage,
+    ParseEvent,
+    ReasoningDelta,
+    ToolCallEnd,
+)
+from ..glm47.parser import GLM47Parser
+from ..observability import Metrics, RequestRecord
+from .plan import Plan
+
+T = TypeVar("T")
+
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass(slots=True)
+class RunOptions:
+    """Per-app knobs a run needs; all optional so a bare ``Run(plan)`` works."""
+
+    metrics: Metrics | None = None
+    record: RequestRecord | None = None
+    # perf_counter() when the request arrived (the middleware's clock).
+    arrived: float | None = None
+    timeout: float | None = None
+    log_prompts: bool = False
+    # The wire API, for metrics and the access log ("openai_chat", "anthropic", ...).
+    api: str = "openai_chat"
+
+
+def _through_first_call(events: list[ParseEvent]) -> list[ParseEvent]:
+    for i, event in enumerate(events):
+        if isinstance(event, ToolCallEnd):
+            return events[: i + 1]
+    return events
+
+
+class Run:
+    """One generation. ``start``, then ``events`` (or ``collect``), then ``aclose``."""
+
+    def __init__(self, plan: Plan, options: RunOptions | None = None) -> None:
+        self.plan = plan
+        self.options = options or RunOptions()
+        self._parser = GLM47Parser(thinking=plan.thinking, tools=plan.parse_tools)
+        self._events: AsyncIterator[BackendEvent] | None = None
+        self._slot: Slot | None = None
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.completion_tokens = 0
+        self.reasoning_tokens = 0
+        self.tool_calls_ended = 0
+        self.backend_finish: str | None = None
+        # The stop string that ended the generation, when one did.
+        self.stop_sequence: str | None = None
+        self._left_reasoning = not plan.thinking
+        now = time.perf_counter()
+        self.arrived = self.options.arrived if self.options.arrived is not None else now
+        self.deadline = (
+            None if self.options.timeout is None else self.arrived + self.options.timeout
+        )
+        self._handed_off: float | None = None
+        self._first_text: float | None = None
+        self._last_text: float | None = None
+        self._finished_at: float | None = None
+        self._closed = False
+        self._output: list[str] | None = [] if self.options.log_prompts else None
+        record = self.options.record
+        if record is not None:
+            record.model = plan.model.id
+            record.route = plan.route
+            record.stream = plan.input.stream
+            record.api = self.options.api
+            if self.options.log_prompts:
+                record.prompt = plan.prompt
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Wait for a place in line and for the backend to admit the request.
+
+        Errors raised here still get a real HTTP status.
+        """
+        self._handed_off = time.perf_counter()
+        model = self.plan.model
+        self._slot = await self._before_deadline(model.gate.acquire())
+        if self.options.record is not None:
+            self.options.record.queue_wait_ms = round(self._slot.waited * 1000, 3)
+        self._events = model.backend.generate(self.plan.generation_request())
+        first = await self._next_event()
+        if not isinstance(first, Started):
+            raise BackendError("the backend did not start the generation")
+        self.prompt_tokens = first.prompt_tokens
+        self.cached_tokens = first.cached_tokens
+        self._check_room(first.prompt_tokens)
+
+    def _check_room(self, prompt_tokens: int) -> None:
+        """A client that asked for more tokens than the context leaves gets a clear 400."""
+        asked = self.plan.asked_max_tokens
+        context = self.plan.model.backend.info.context_length
+        if asked is None or context is None or prompt_tokens <= 0:
+            return
+        if prompt_tokens + asked > context:
+            param = self.plan.input.max_tokens_param
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {context} tokens. The prompt has "
+                f"{prompt_tokens} tokens and {param} asks for {asked} more "
+                f"({prompt_tokens + asked} in all). Reduce the messages or {param}.",
+                param=param,
+            )
+
+    async def aclose(self) -> None:
+        """End the generation (idempotent): close the backend stream, give the slot back."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            aclose = getattr(self._events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            if self._slot is not None:
+                self._slot.release()
+                if self._handed_off is not None:
+                    self.plan.model.gate.record_service_time(time.perf_counter() - self._handed_off)
+            self._fill_record()
+
+    async def _next_event(self) -> BackendEvent | None:
+        assert self._events is not None
+        try:
+            return await self._before_deadline(anext(self._events, None))
+        except EngineError as exc:
+            raise from_backend(exc) from exc
+
+    async def _before_deadline(self, awaitable: Awaitable[T]) -> T:
+        if self.deadline is None:
+            return await awaitable
+        try:
+            async with asyncio.timeout_at(_loop_time(self.deadline)):
+                return await awaitable
+        except TimeoutError:
+            raise BackendTimeoutError(
+                f"The request took longer than the gateway's limit of {self.options.timeout:g} s.",
+                code="request_timeout",
+            ) from None
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def events(self) -> AsyncGenerator[list[ParseEvent], None]:
+        """Parser events, grouped per backend chunk."""
+        if self._events is None:
+            raise RuntimeError("start() first")
+        inter_token = None
+        if self.options.metrics is not None:
+            inter_token = self.options.metrics.inter_token.labels(self.plan.model.id)
+        single_call = self.plan.single_call
+        while True:
+            event = await self._next_event()
+            match event:
+                case None:
+                    break
+                case Chunk(text, count):
+                    now = time.perf_counter()
+                    if self._first_text is None:
+                        self._first_text = now
+                    elif inter_token is not None and self._last_text is not None:
+                        inter_token.observe(now - self._last_text)
+                    self._last_text = now
+                    if self._output is not None:
+                        self._output.append(text)
+                    self.completion_tokens += count
+                    parsed = self._parser.feed(text)
+                    self._count_tokens(parsed, count)
+                    if single_call and self.tool_calls_ended:
+                        yield _through_first_call(parsed)
+                        self.backend_finish = "stop"
+                        self._finished_at = time.perf_counter()
+                        await self.aclose()
+                        return
+                    if parsed:
+                        yield parsed
+                case Finished():
+                    self.backend_finish = event.reason
+                    self.prompt_tokens = event.prompt_tokens
+                    self.completion_tokens = event.completion_tokens
+                    self.cached_tokens = event.cached_tokens or self.cached_tokens
+                    # Only the client's own stop strings are reported (not GLM's role tokens).
+                    if event.stop_sequence in self.plan.sampling.stop:
+                        self.stop_sequence = event.stop_sequence
+                case Started():
+                    raise BackendError("the backend started the generation twice")
+        self._finished_at = time.perf_counter()
+        if self.backend_finish is None:
+            raise BackendError("the backend ended without finishing the generation")
+        tail = self._parser.finish()
+        self._count_tokens(tail, 0)
+        if tail:
+            yield tail
+
+    async def collect(self) -> ParsedMessage:
+        """The whole message (non-streaming): the same events, folded."""
+        accumulator = MessageAccumulator()
+        try:
+            async for group in self.events():
+                for event in group:
+                    accumulator.add(event)
+        finally:
+            await self.aclose()
+        return accumulator.result()
+
+    def _count_tokens(self, parsed: list[ParseEvent], count: int) -> None:
+        # A chunk counts as reasoning until the first non-reasoning event: the </think> token
+        # itself emits nothing and is counted with the reasoning, as engines count it.
+        for event in parsed:
+            if isinstance(event, ToolCallEnd):
+                self.tool_calls_ended += 1
+            if not isinstance(event, ReasoningDelta):
+                self._left_reasoning = True
+        if not self._left_reasoning:
+            self.reasoning_tokens += count
+
+    # -- results ------------------------------------------------------------------------------
+
+    @property
+    def finish_reason(self) -> FinishReason:
+        if self.backend_finish == "length":
+            return "length"
+        return "tool_calls" if self.tool_calls_ended else "stop"
+
+    def overhead_ms(self) -> float:
+        """Time spent in the gateway itself: before the hand-off to the model and after it."""
+        before = (self._handed_off or time.perf_counter()) - self.arrived
+        after = 0.0
+        if self._finished_at is not None:
+            after = time.perf_counter() - self._finished_at
+        return round((before + after) * 1000, 3)
+
+    def _fill_record(self) -> None:
+        record = self.options.record
+        if record is None:
+            return
+        record.prompt_tokens = self.prompt_tokens
+        record.completion_tokens = self.completion_tokens
+        record.reasoning_tokens = self.reasoning_tokens
+        record.tool_calls = self.tool_calls_ended
+        if self.backend_finish is not None:
+            record.finish_reason = self.finish_reason
+        else:
+            record.cancelled = True
+        if self._first_text is not None:
+            record.ttft_ms = round((self._first_text - self.arrived) * 1000, 3)
+        if self._output is not None:
+            record.output = "".join(self._output)
+
+
+def _loop_time(perf_deadline: float) -> float:
+    """A perf_counter() deadline on the event loop's clock."""
+    return asyncio.get_running_loop().time() + (perf_deadline - time.perf_counter())
