@@ -43,7 +43,6 @@ def glm_tiny() -> Path:
     for candidate in (
         ROOT / "tests" / "fixtures" / "models" / "glm-tiny" / "hf",
         ROOT.parent / "shared" / "models" / "glm-tiny" / "hf",
-        Path("/work/shared/models/glm-tiny/hf"),
     ):
         if (candidate / "config.json").is_file():
             return candidate

@@ -34,9 +34,8 @@ from .httpclient import Connection
 N_CTX = 2048
 # One thread everywhere, for generation and for the prompt (batch): on this 2-core VM, 2
 # llama.cpp threads spin-wait on each other whenever another process holds a core, and prompt
-# evaluation gets 10-30x slower (``threads_batch_probe`` measures it each run). The gateway's
-# ``threads`` setting does not reach llama.cpp's batch threads, so it runs through
-# ``bench.gateway_launch``, which pins them (the gateway code is unchanged).
+# evaluation gets 10-30x slower (``threads_batch_probe`` measures it each run). The gateway
+# takes both from its settings (``threads``, ``threads_batch``).
 THREADS = 1
 THREADS_BATCH = 1
 SEED = 1234
@@ -253,12 +252,11 @@ def run(
                         "model": str(SMOLLM2),
                         "n_ctx": N_CTX,
                         "threads": THREADS,
+                        "threads_batch": THREADS_BATCH,
                         "n_gpu_layers": 0,
                     },
                 }
             ],
-            module="bench.gateway_launch",
-            env={"BENCH_THREADS_BATCH": str(THREADS_BATCH)},
         )
         # The exact prompts the gateway gives the engine, one per request number.
         total = 1 + rounds * single_n + clients

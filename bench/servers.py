@@ -53,18 +53,14 @@ def gateway(
     *,
     timeout: float = 120,
     env: dict[str, str] | None = None,
-    module: str = "gateway",
     **settings: Any,
 ) -> Server:
-    """``glm-gateway serve --config FILE`` with the default settings but for ``models``.
-
-    ``module`` "bench.gateway_launch" runs the same CLI with llama.cpp's batch threads pinned
-    (see that module)."""
+    """``glm-gateway serve --config FILE`` with the default settings but for ``models``."""
     port = free_port()
     config = write_config(name, {"host": "127.0.0.1", "port": port, **settings, "models": models})
     return servers.start(
         name,
-        [str(PROJECT_PYTHON), "-m", module, "serve", "--config", str(config)],
+        [str(PROJECT_PYTHON), "-m", "gateway", "serve", "--config", str(config)],
         port=port,
         ready_path="/ready",
         timeout=timeout,

@@ -20,6 +20,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from backends.base import GenerationRequest, SamplingParams
+from backends.vllm.wire import completion_body
 from gateway.glm47.tokens import STOP_TOKENS
 
 from . import servers as srv
@@ -90,21 +92,13 @@ def _gateway_body(max_tokens: int) -> dict[str, Any]:
 
 
 def _direct_body(prompt: str, max_tokens: int) -> dict[str, Any]:
-    # What backends/vllm.py sends for the same request.
-    return {
-        "model": "glm-tiny",
-        "prompt": prompt,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "return_token_ids": True,
-        "add_special_tokens": False,
-        "skip_special_tokens": False,
-        "spaces_between_special_tokens": False,
-        "temperature": 0,
-        "seed": SEED,
-        "max_tokens": max_tokens,
-        "stop": list(STOP_TOKENS),
-    }
+    # Exactly what the vLLM backend sends for the same request.
+    request = GenerationRequest(
+        prompt=prompt,
+        sampling=SamplingParams(temperature=0, seed=SEED, max_tokens=max_tokens),
+        stop_tokens=STOP_TOKENS,
+    )
+    return completion_body(request, "glm-tiny")
 
 
 async def _streams(port: int, path: str, body: dict[str, Any], n: int) -> list[dict[str, Any]]:

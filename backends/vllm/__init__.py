@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..registry import BackendType
-from .backend import ReplicaStatus, VllmBackend, VllmReplica
+from .backend import VllmBackend
+from .replicas import ReplicaStatus, VllmReplica
 from .settings import VllmBackendSettings, VllmReplicaSettings
 
 __all__ = [

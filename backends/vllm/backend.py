@@ -5,28 +5,7 @@ The gateway renders the GLM-4.7 prompt itself and sends the text to vLLM's ``/v1
 tool parser, and streams back the model's raw text, tags included, which then feeds the same
 parser as llama.cpp's output. So both backends answer a prompt the same way.
 
-What is sent, and why:
-
-- ``add_special_tokens: false``: the rendered prompt already starts with ``[gMASK]<sop>``; a
-  tokenizer-added prefix would double it.
-- ``skip_special_tokens: false`` and ``spaces_between_special_tokens: false``: GLM's role and
-  tag tokens must come back as their exact text, with nothing inserted around them.
-- The GLM stop tokens as ``stop`` strings, beside the client's: they are plain text in the
-  output (special tokens are not skipped), vLLM cuts the text before a stop string and reports
-  ``finish_reason: "stop"``. (vLLM also stops on the ids that the model's
-  ``generation_config.json`` lists as ``eos_token_id``; the strings make the stop independent
-  of that file.)
-- ``stream_options.include_usage``: the final event carries vLLM's own token counts, which go
-  into ``Finished``; ``return_token_ids``: each event lists the tokens it stands for, so
-  ``Chunk.tokens`` is exact even when one event carries several tokens (speculative decoding,
-  ``--stream-interval``).
-- A GBNF grammar as ``structured_outputs: {"grammar": ...}`` (vLLM >= 0.10's name; older
-  servers read ``guided_grammar``). vLLM's default ``auto`` structured-output backend compiles
-  it with xgrammar, which reads llama.cpp's GBNF.
-- ``max_tokens`` always: vLLM's completions endpoint defaults to 16 tokens, not to the rest of
-  the context. Unset, it is the replica's ``max_model_len`` (vLLM clamps it to what the prompt
-  leaves); a larger client value is clamped the same way, as llama.cpp's backend does, because
-  vLLM refuses a ``max_tokens`` above ``max_model_len`` outright.
+What is sent, and why: see ``wire.completion_body``.
 
 Replicas: each request goes to the healthy replica with the fewest requests in flight. A
 background task polls every replica's ``/health`` (and, once, ``/v1/models`` for its
@@ -86,10 +65,11 @@ from ..base import (
     Started,
 )
 from ..errors import BackendError, BackendNotReady, BackendTimeout, BackendUnavailable
+from .replicas import ReplicaState, ReplicaStatus, VllmReplica
 from .wire import (
     client_error,
+    completion_body,
     int_field,
-    sampling_fields,
     sse_data,
     upstream_message,
     upstream_param,
@@ -103,59 +83,6 @@ logger = logging.getLogger("glm_gateway.backends.vllm")
 # Statuses that say "this replica cannot serve right now" rather than "this request is wrong".
 _UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
 _CLIENT_ERROR_STATUSES = frozenset({400, 413, 422})
-
-
-@dataclass(frozen=True, slots=True)
-class VllmReplica:
-    """One vLLM OpenAI server, with its timeouts already resolved (replica over backend)."""
-
-    url: str
-    api_key: str | None = None
-    connect_timeout: float = 10.0
-    read_timeout: float = 600.0
-
-
-@dataclass(slots=True)
-class _ReplicaState:
-    index: int
-    replica: VllmReplica
-    healthy: bool = False
-    in_flight: int = 0
-    # From the replica's /v1/models; None until read.
-    max_model_len: int | None = None
-
-    @property
-    def name(self) -> str:
-        # What clients may see: the replica's position, never its URL (an internal address).
-        return f"vLLM replica {self.index + 1}"
-
-    @property
-    def base(self) -> str:
-        return self.replica.url.rstrip("/")
-
-    def headers(self) -> dict[str, str]:
-        key = self.replica.api_key
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
-    def timeout(self) -> httpx.Timeout:
-        r = self.replica
-        return httpx.Timeout(
-            connect=r.connect_timeout,
-            # httpx's read timeout bounds each read: the wait between two chunks of a stream.
-            read=r.read_timeout,
-            write=r.read_timeout,
-            pool=r.connect_timeout,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaStatus:
-    """A snapshot of one replica, for ``info``, metrics and tests."""
-
-    url: str
-    healthy: bool
-    in_flight: int
-    max_model_len: int | None
 
 
 class _Retryable(Exception):
@@ -191,7 +118,7 @@ class VllmBackend(Backend):
         in tests; a given client is not closed by ``aclose``."""
         if not replicas:
             raise ValueError("the vllm backend needs at least one replica")
-        self._replicas = [_ReplicaState(i, r) for i, r in enumerate(replicas)]
+        self._replicas = [ReplicaState(i, r) for i, r in enumerate(replicas)]
         self._model = model
         self._context_length = context_length
         self._health_interval = health_interval
@@ -297,7 +224,7 @@ class VllmBackend(Backend):
     async def _health_round(self) -> None:
         await asyncio.gather(*(self._check(s) for s in self._replicas))
 
-    async def _check(self, state: _ReplicaState) -> None:
+    async def _check(self, state: ReplicaState) -> None:
         client = self._client
         if client is None:
             return
@@ -332,7 +259,7 @@ class VllmBackend(Backend):
         state.healthy = healthy
 
     async def _read_max_model_len(
-        self, client: httpx.AsyncClient, state: _ReplicaState, timeout: httpx.Timeout
+        self, client: httpx.AsyncClient, state: ReplicaState, timeout: httpx.Timeout
     ) -> int | None:
         response = await client.get(
             f"{state.base}/v1/models", headers=state.headers(), timeout=timeout
@@ -357,7 +284,7 @@ class VllmBackend(Backend):
         )
         return None
 
-    def _mark_down(self, state: _ReplicaState, why: str) -> None:
+    def _mark_down(self, state: ReplicaState, why: str) -> None:
         # Passive health: a replica that refused a connection is taken out now; the health
         # loop puts it back once /health answers again.
         if state.healthy:
@@ -366,7 +293,7 @@ class VllmBackend(Backend):
 
     # -- replica choice ---------------------------------------------------------------------
 
-    def _pick(self, exclude: set[int]) -> _ReplicaState | None:
+    def _pick(self, exclude: set[int]) -> ReplicaState | None:
         candidates = [s for s in self._replicas if s.healthy and s.index not in exclude]
         if not candidates:
             return None
@@ -438,7 +365,7 @@ class VllmBackend(Backend):
         yield finished
 
     async def _read(
-        self, state: _ReplicaState, response: httpx.Response, attempt: _Attempt
+        self, state: ReplicaState, response: httpx.Response, attempt: _Attempt
     ) -> AsyncIterator[Chunk]:
         """The stream's text chunks; records the end (or raises) in ``attempt``."""
         finish: str | None = None
@@ -507,37 +434,14 @@ class VllmBackend(Backend):
 
     # -- request body -----------------------------------------------------------------------
 
-    def _body(self, request: GenerationRequest, state: _ReplicaState) -> dict[str, Any]:
-        s = request.sampling
-        body: dict[str, Any] = {
-            "model": self._model,
-            "prompt": request.prompt,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "return_token_ids": True,
-            "add_special_tokens": False,
-            "skip_special_tokens": False,
-            "spaces_between_special_tokens": False,
-        }
-        body.update(sampling_fields(s))
-        stops = list(dict.fromkeys(x for x in (*s.stop, *request.stop_tokens) if x))
-        if stops:
-            body["stop"] = stops
-        limit = state.max_model_len or self._context_length
-        if s.max_tokens is not None:
-            body["max_tokens"] = max(s.max_tokens, 1) if limit is None else min(s.max_tokens, limit)
-        elif limit is not None:
-            body["max_tokens"] = limit
-        if request.grammar is not None:
-            body["structured_outputs"] = {"grammar": request.grammar}
-        if request.request_id:
-            # Shows in vLLM's logs under the gateway's id; vLLM adds its own suffix.
-            body["request_id"] = request.request_id
-        return body
+    def _body(self, request: GenerationRequest, state: ReplicaState) -> dict[str, Any]:
+        return completion_body(
+            request, self._model, context_limit=state.max_model_len or self._context_length
+        )
 
     # -- errors -----------------------------------------------------------------------------
 
-    def _status_error(self, state: _ReplicaState, response: httpx.Response) -> Exception:
+    def _status_error(self, state: ReplicaState, response: httpx.Response) -> Exception:
         status = response.status_code
         message = upstream_message(response)
         if status in _CLIENT_ERROR_STATUSES:
@@ -560,7 +464,7 @@ class VllmBackend(Backend):
             )
         return _Retryable(BackendError(f"{state.name} failed (HTTP {status}): {message}"))
 
-    def _event_error(self, state: _ReplicaState, error: Any) -> Exception:
+    def _event_error(self, state: ReplicaState, error: Any) -> Exception:
         """An error vLLM sent as an SSE event after its 200 (e.g. the engine failed)."""
         message = str(error.get("message") if isinstance(error, dict) else error)
         code = error.get("code") if isinstance(error, dict) else None
@@ -570,7 +474,7 @@ class VllmBackend(Backend):
         return _Retryable(BackendError(f"{state.name} failed during the generation: {message}"))
 
     def _transport_error(
-        self, state: _ReplicaState, exc: httpx.HTTPError, attempt: _Attempt
+        self, state: ReplicaState, exc: httpx.HTTPError, attempt: _Attempt
     ) -> tuple[BackendError, bool]:
         """The error to raise for a network failure, and whether another replica may help."""
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):

@@ -1,0 +1,60 @@
+"""The vLLM replicas: how each is reached, and what the backend knows of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass(frozen=True, slots=True)
+class VllmReplica:
+    """One vLLM OpenAI server, with its timeouts already resolved (replica over backend)."""
+
+    url: str
+    api_key: str | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+
+
+@dataclass(slots=True)
+class ReplicaState:
+    index: int
+    replica: VllmReplica
+    healthy: bool = False
+    in_flight: int = 0
+    # From the replica's /v1/models; None until read.
+    max_model_len: int | None = None
+
+    @property
+    def name(self) -> str:
+        # What clients may see: the replica's position, never its URL (an internal address).
+        return f"vLLM replica {self.index + 1}"
+
+    @property
+    def base(self) -> str:
+        return self.replica.url.rstrip("/")
+
+    def headers(self) -> dict[str, str]:
+        key = self.replica.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def timeout(self) -> httpx.Timeout:
+        r = self.replica
+        return httpx.Timeout(
+            connect=r.connect_timeout,
+            # httpx's read timeout bounds each read: the wait between two chunks of a stream.
+            read=r.read_timeout,
+            write=r.read_timeout,
+            pool=r.connect_timeout,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """A snapshot of one replica, for ``info``, metrics and tests."""
+
+    url: str
+    healthy: bool
+    in_flight: int
+    max_model_len: int | None
