@@ -117,3 +117,8 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[BackendEvent]:
         """Yield ``Started``, then ``Chunk``s, then exactly one ``Finished``."""
+
+    async def count_tokens(self, prompt: str) -> int | None:
+        """The prompt's length in tokens, as ``Started.prompt_tokens`` would report it, without
+        generating (and without a place in line); None: this backend cannot tell."""
+        return None

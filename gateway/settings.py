@@ -27,6 +27,7 @@ from backends.sampling import (
 )
 from backends.settings_base import BackendSettingsBase
 
+from .api.anthropic.settings import AnthropicSettings
 from .route_defaults import BUILTIN_ROUTES
 
 DEFAULT_MODEL_ID = "glm-4.7-flash"
@@ -172,6 +173,9 @@ class Settings(BaseSettings):
     # One JSON line per request; prompts and outputs only when asked for.
     log_format: Literal["json", "text"] = "json"
     log_prompts: bool = False
+
+    # The Anthropic Messages API: which served model Claude model ids run on.
+    anthropic: AnthropicSettings = Field(default_factory=lambda: AnthropicSettings())
 
     def load_api_keys(self) -> list[str]:
         keys = [k for k in self.api_keys if k]

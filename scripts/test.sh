@@ -21,6 +21,10 @@ bash scripts/fetch-test-models.sh
 # CI=1 without it). Idempotent: about 3 minutes the first time, instant after.
 VLLM_PYTHON=$(bash scripts/setup-vllm.sh)
 export VLLM_PYTHON
+# The Claude Code CLI (npm, a native binary) for tests/gateway/anthropic/test_claude_code.py,
+# which fails under CI=1 without it. Idempotent: seconds the first time, instant after.
+CLAUDE_BIN=$(bash scripts/setup-claude-code.sh)
+export CLAUDE_BIN
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

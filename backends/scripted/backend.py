@@ -118,6 +118,9 @@ class ScriptedBackend(Backend):
     def info(self) -> ModelInfo:
         return ModelInfo(context_length=self._context_length, owned_by="scripted")
 
+    async def count_tokens(self, prompt: str) -> int:
+        return _prompt_tokens(prompt)
+
     def _take(self) -> ScriptedResponse:
         response = self._responses[self._next % len(self._responses)]
         self._next += 1
@@ -127,8 +130,7 @@ class ScriptedBackend(Backend):
         if not self._ready:
             raise BackendNotReady("the scripted backend has not loaded its script yet")
         response = self._take()
-        # A rough count (4 characters a token) keeps usage plausible without a tokenizer.
-        prompt_tokens = max(1, len(request.prompt) // 4)
+        prompt_tokens = _prompt_tokens(request.prompt)
         yield Started(prompt_tokens)
         stops = StopMatcher((*request.stop_tokens, *request.sampling.stop))
         limit = request.sampling.max_tokens
@@ -151,3 +153,9 @@ class ScriptedBackend(Backend):
         if tail:
             yield Chunk(tail, tokens=0)
         yield Finished(reason, prompt_tokens, produced, stop_sequence=stops.matched)
+
+
+def _prompt_tokens(prompt: str) -> int:
+    # A rough count (4 characters a token) keeps usage plausible without a tokenizer; usage and
+    # count_tokens use the same rule, so they agree.
+    return max(1, len(prompt) // 4)

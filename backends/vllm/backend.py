@@ -303,6 +303,31 @@ class VllmBackend(Backend):
 
     # -- generation -------------------------------------------------------------------------
 
+    async def count_tokens(self, prompt: str) -> int:
+        """vLLM's own tokenizer, through its ``/tokenize`` endpoint (special tokens as text,
+        exactly as ``generate`` sends the prompt)."""
+        client = self._client
+        state = self._pick(set())
+        if client is None or self._closed or state is None:
+            raise BackendUnavailable(f"No vLLM replica serving {self._model} is healthy.")
+        body = {"model": self._model, "prompt": prompt, "add_special_tokens": False}
+        try:
+            response = await client.post(
+                f"{state.base}/tokenize",
+                json=body,
+                headers=state.headers(),
+                timeout=state.timeout(),
+            )
+        except httpx.HTTPError as exc:
+            raise self._transport_error(state, exc, _Attempt())[0] from exc
+        if response.status_code != 200:
+            error = self._status_error(state, response)
+            raise error.error if isinstance(error, _Retryable) else error
+        count = response.json().get("count")
+        if not isinstance(count, int):
+            raise BackendError(f"{state.name} answered /tokenize without a token count")
+        return count
+
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[BackendEvent, None]:
         client = self._client
         if client is None or self._closed:

@@ -7,9 +7,10 @@ from .base import WireApi
 
 def wire_apis() -> tuple[WireApi, ...]:
     """Every wire API the app serves; the first is the default shape for other paths."""
+    from .anthropic.wire import API as ANTHROPIC
     from .openai_chat import API as OPENAI_CHAT
 
-    return (OPENAI_CHAT,)
+    return (OPENAI_CHAT, ANTHROPIC)
 
 
 def api_for_path(apis: tuple[WireApi, ...], path: str) -> WireApi:

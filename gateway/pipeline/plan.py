@@ -77,6 +77,9 @@ class ChatInput:
     sampling: Mapping[str, Any] = field(default_factory=dict)
     # The client's name for its token limit, for error messages.
     max_tokens_param: str = "max_tokens"
+    # True: max_tokens is only a ceiling, cut to the model's max_tokens_limit and to what the
+    # context leaves instead of a 400 (Claude Code always asks for 32000-64000 tokens).
+    max_tokens_ceiling: bool = False
     enable_thinking: bool | None = None
     clear_thinking: bool | None = None
     # The client's reasoning effort ("none", "low", ...), where its API has one.
@@ -114,7 +117,10 @@ class Plan:
 
     @property
     def asked_max_tokens(self) -> int | None:
+        """The limit the client insists on (None when it is only a ceiling)."""
         value = self.input.sampling.get("max_tokens")
+        if self.input.max_tokens_ceiling:
+            return None
         return value if isinstance(value, int) else None
 
     @property
@@ -146,7 +152,7 @@ def _check_limits(chat: ChatInput, limits: Limits, model: ServedModel) -> None:
         )
     cap = model.settings.max_tokens_limit
     asked = chat.sampling.get("max_tokens")
-    if cap is not None and asked is not None and asked > cap:
+    if cap is not None and asked is not None and asked > cap and not chat.max_tokens_ceiling:
         raise InvalidRequestError(
             f"{chat.max_tokens_param} is {asked}, more than this model allows per request ({cap}).",
             param=chat.max_tokens_param,
