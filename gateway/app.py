@@ -134,6 +134,8 @@ def _install_openapi(app: FastAPI) -> None:
                 responses = operation.setdefault("responses", {})
                 # Validation errors are answered 400 in OpenAI's shape, never 422.
                 responses.pop("422", None)
+                if any(status.startswith(("4", "5")) for status in responses):
+                    continue  # an API with its own error shape declared its errors itself
                 for status, description in _ERROR_STATUSES.items():
                     responses.setdefault(status, {"description": description, **error})
         components.pop("HTTPValidationError", None)

@@ -100,7 +100,12 @@ def test_every_ref_in_the_served_schema_resolves() -> None:
 
 
 def test_the_fuzzed_schema_generates_chat_bodies() -> None:
-    for path in ("/v1/chat/completions", "/v1/chat/completions/render"):
+    for path in (
+        "/v1/chat/completions",
+        "/v1/chat/completions/render",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+    ):
         operation = schema[path]["POST"]
         assert list(operation.body), f"no request body schema for {path}"
     assert {path for path, _ in _paths(SERVED)} >= {

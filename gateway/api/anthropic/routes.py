@@ -19,6 +19,7 @@ from ..common import keepalive_interval, new_run, plan_request, read_json_object
 from .encode import MessagesStreamEncoder, complete
 from .errors import error_event
 from .names import served_name
+from .openapi import COUNT_TOKENS_BODY, MESSAGES_BODY, responses
 from .protocol import CountTokensRequest, MessagesRequest
 from .translate import to_chat_input
 from .validation import validate
@@ -27,22 +28,6 @@ API_NAME = "anthropic"
 
 router = APIRouter()
 
-_MESSAGES_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "A message, or with `stream: true` a stream of Anthropic events",
-        "content": {
-            "application/json": {"schema": {"type": "object"}},
-            "text/event-stream": {"schema": {"type": "string"}},
-        },
-    }
-}
-_JSON_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }
-}
-
 
 def _chat_input(request: Request, parsed: CountTokensRequest) -> ChatInput:
     registry: ModelRegistry = request.app.state.registry
@@ -50,7 +35,11 @@ def _chat_input(request: Request, parsed: CountTokensRequest) -> ChatInput:
     return to_chat_input(parsed, served_name(registry, settings.anthropic, parsed.model))
 
 
-@router.post("/v1/messages", openapi_extra=_JSON_BODY, responses=_MESSAGES_RESPONSES)
+@router.post(
+    "/v1/messages",
+    openapi_extra=MESSAGES_BODY,
+    responses=responses("A message, or with `stream: true` Anthropic's events", stream=True),
+)
 async def messages(request: Request) -> Response:
     parsed = validate(MessagesRequest, await read_json_object(request))
     plan = plan_request(request, _chat_input(request, parsed))
@@ -72,7 +61,11 @@ async def messages(request: Request) -> Response:
     )
 
 
-@router.post("/v1/messages/count_tokens", openapi_extra=_JSON_BODY)
+@router.post(
+    "/v1/messages/count_tokens",
+    openapi_extra=COUNT_TOKENS_BODY,
+    responses=responses('The prompt\'s length: `{"input_tokens": N}`', stream=False),
+)
 async def count_tokens(request: Request) -> Response:
     parsed = validate(CountTokensRequest, await read_json_object(request))
     chat = _chat_input(request, parsed)
