@@ -151,6 +151,8 @@ class _Engine:
         # Prompt tokens whose KV entries sit in the cache, computed by prompt evaluation in
         # n_batch-aligned chunks (see ``_eval_prompt``).
         self._kv_prompt: list[int] = []
+        # Prompt tokens the last _eval_prompt took from the cache rather than evaluating.
+        self._reused = 0
         self._pieces: dict[int, bytes] = {}
         self.stats = LlamaCppStats()
 
@@ -246,7 +248,13 @@ class _Engine:
         tail = matcher.flush()
         if tail:
             job.emit(Chunk(tail, unsent))
-        return Finished(reason, len(tokens), completion, stop_sequence=matcher.matched)
+        return Finished(
+            reason,
+            len(tokens),
+            completion,
+            cached_tokens=self._reused,
+            stop_sequence=matcher.matched,
+        )
 
     def _eval_prompt(self, tokens: list[int], cancel: threading.Event) -> bool:
         """Put ``tokens`` into the KV cache; False if cancelled on the way.
@@ -275,6 +283,7 @@ class _Engine:
             reuse = 0
             llm.reset()  # eval() then clears the whole cache (recurrent models: reset does)
         self._kv_prompt = tokens[:reuse]
+        self._reused = reuse
         self._count(reused=reuse)
 
         callback = self._lib.ggml_abort_callback(lambda _data: cancel.is_set())
