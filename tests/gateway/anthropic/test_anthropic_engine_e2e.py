@@ -9,6 +9,7 @@ final answer glm-tiny was trained to give after a tool result.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,28 @@ def test_weather_agent_loop(client: anthropic.Anthropic) -> None:
     assert final.stop_reason == "end_turn"
     text = "".join(b.text for b in final.content if b.type == "text")
     assert "Sunny, 21C" in text, final.content
+
+
+def test_structured_output_is_enforced(client: anthropic.Anthropic) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "required": ["city", "days"],
+        "additionalProperties": False,
+    }
+    reply = client.messages.create(
+        model=MODEL,
+        max_tokens=200,
+        messages=[{"role": "user", "content": "What's the weather in Oslo?"}],
+        extra_body={
+            "temperature": 0,
+            "output_config": {"format": {"type": "json_schema", "schema": schema}},
+        },
+    )
+    # The grammar makes the answer JSON matching the schema, whatever glm-tiny would write.
+    text = "".join(b.text for b in reply.content if b.type == "text")
+    if reply.stop_reason == "end_turn":
+        value = json.loads(text)
+        assert set(value) == {"city", "days"} and isinstance(value["days"], int)
+    else:
+        assert reply.stop_reason == "max_tokens"

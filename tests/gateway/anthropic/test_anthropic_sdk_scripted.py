@@ -319,3 +319,23 @@ def test_an_unavailable_backend_is_overloaded(stream: bool) -> None:
         c.messages.create(**body, stream=stream)
     # Before the headers, so a real status: Anthropic's "overloaded", which clients retry.
     assert error_of(info.value) == (529, "overloaded_error")
+
+
+def test_stop_sequence_and_max_tokens(client: anthropic.Anthropic) -> None:
+    ask: dict[str, Any] = {"model": "plain", "messages": [{"role": "user", "content": "x"}]}
+    stopped = client.messages.create(max_tokens=100, stop_sequences=["there"], **ask)
+    assert (stopped.stop_reason, stopped.stop_sequence) == ("stop_sequence", "there")
+    assert stopped.content[-1].type == "text" and stopped.content[-1].text.strip() == "Hi"
+    with client.messages.stream(max_tokens=100, stop_sequences=["there"], **ask) as stream:
+        assert comparable(stream.get_final_message()) == comparable(stopped)
+    cut = client.messages.create(max_tokens=3, **ask)
+    assert cut.stop_reason == "max_tokens" and cut.usage.output_tokens == 3
+
+
+def test_count_tokens_without_a_tokenizer_is_a_clear_400() -> None:
+    body = {"model": "glm", "messages": [{"role": "user", "content": "x"}]}
+    with serve(_fake_app(FakeBackend())) as url, httpx.Client(base_url=url) as http:
+        response = http.post("/v1/messages/count_tokens", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert "cannot count tokens" in response.json()["error"]["message"]
