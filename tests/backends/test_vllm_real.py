@@ -438,6 +438,30 @@ def test_prompt_too_long_is_vllms_400(gateway: str) -> None:
     assert "2048" in err.value.message
 
 
+def test_anthropic_count_tokens_is_vllms_own_count(gateway: str, reference: str) -> None:
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "What's the weather in Oslo?"}],
+        "tools": [
+            {"name": t["function"]["name"], "input_schema": t["function"]["parameters"]}
+            for t in GLM_TINY_TOOLS
+        ],
+    }
+    # vLLM's /tokenize, the same tokenizer as llama.cpp's for this model, and the count vLLM
+    # reports for the prompt it then evaluates.
+    counted = httpx.post(f"{gateway}/v1/messages/count_tokens", json=body, timeout=30)
+    assert counted.status_code == 200, counted.text
+    n = counted.json()["input_tokens"]
+    on_llamacpp = httpx.post(f"{reference}/v1/messages/count_tokens", json=body, timeout=30)
+    assert on_llamacpp.json()["input_tokens"] == n
+    reply = httpx.post(
+        f"{gateway}/v1/messages", json={**body, "max_tokens": 8, "temperature": 0}, timeout=60
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["input_tokens"] == n
+
+
 def test_context_length_comes_from_vllm(gateway: str) -> None:
     card = httpx.get(f"{gateway}/v1/models/{MODEL}", timeout=10).json()
     assert card["context_length"] == MAX_MODEL_LEN
