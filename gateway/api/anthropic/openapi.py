@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from .protocol import CountTokensRequest, MessagesRequest
+from .request import CountTokensRequest, MessagesRequest
 
 
 class AnthropicErrorDetail(BaseModel):

@@ -20,7 +20,7 @@ from .encode import MessagesStreamEncoder, complete
 from .errors import error_event
 from .names import served_name
 from .openapi import COUNT_TOKENS_BODY, MESSAGES_BODY, responses
-from .protocol import CountTokensRequest, MessagesRequest
+from .request import CountTokensRequest, MessagesRequest
 from .translate import to_chat_input
 from .validation import validate
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ...errors import InvalidRequestError, UnsupportedParameterError
 from ...pipeline.plan import ChatInput, OutputFormat, ToolChoice
-from .protocol import (
+from .request import (
     CountTokensRequest,
     DocumentBlock,
     ImageBlock,

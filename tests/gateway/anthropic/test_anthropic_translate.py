@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.api.anthropic.protocol import CountTokensRequest, MessagesRequest
+from gateway.api.anthropic.request import CountTokensRequest, MessagesRequest
 from gateway.api.anthropic.translate import to_chat_input, to_messages
 from gateway.errors import InvalidRequestError, UnsupportedParameterError
 from gateway.glm47.render import render_prompt
