@@ -27,8 +27,9 @@ if [ "$(installed_version || true)" = "$version" ]; then
 fi
 
 if ! command -v npm >/dev/null 2>&1; then
-  echo "error: npm is not installed (Debian: apt-get install nodejs npm)" >&2
-  exit 1
+  # As scripts/test.sh does for docker-compose: Debian's package, no recommends.
+  echo "Installing nodejs and npm (Debian packages) ..." >&2
+  apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends nodejs npm >&2
 fi
 
 echo "Installing @anthropic-ai/claude-code@$version into $prefix ..." >&2
