@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ...errors import InvalidRequestError, NotFoundError, UnsupportedParameterError
-from .sealing import SealError, Sealer
+from .sealing import Sealer, SealError
 from .tools import CUSTOM_INPUT, prompt_name
 
 ItemLookup = Callable[[str], Mapping[str, Any] | None]
@@ -47,8 +47,7 @@ def _text_parts(content: Any, param: str) -> list[dict[str, str]]:
             parts.append({"type": "text", "text": refusal if isinstance(refusal, str) else ""})
         elif kind in ("input_image", "input_file", "input_audio"):
             raise UnsupportedParameterError(
-                f"Content parts of type {kind!r} are not supported: GLM-4.7-Flash reads text "
-                "only.",
+                f"Content parts of type {kind!r} are not supported: GLM-4.7-Flash reads text only.",
                 param=f"{where}.type",
             )
         else:
@@ -170,7 +169,11 @@ def to_messages(
                 arguments = json.dumps(
                     {CUSTOM_INPUT: _string(item, "input", param)}, ensure_ascii=False
                 )
-            call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+            call = {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }
             turns.assistant().setdefault("tool_calls", []).append(call)
         elif kind in ("function_call_output", "custom_tool_call_output"):
             call_id = _string(item, "call_id", param)
@@ -199,7 +202,9 @@ def resolve_items(
         if item.get("type") == "item_reference":
             item_id = item.get("id")
             if not isinstance(item_id, str):
-                raise InvalidRequestError("An item_reference needs a string 'id'.", param=f"{param}.id")
+                raise InvalidRequestError(
+                    "An item_reference needs a string 'id'.", param=f"{param}.id"
+                )
             found = lookup(item_id)
             if found is None:
                 raise NotFoundError(

@@ -77,7 +77,9 @@ def prompt_name(name: str, namespace: str | None) -> str:
 def _require_name(tool: Mapping[str, Any], param: str) -> str:
     name = tool.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise InvalidRequestError("A tool must have a non-empty string 'name'.", param=f"{param}.name")
+        raise InvalidRequestError(
+            "A tool must have a non-empty string 'name'.", param=f"{param}.name"
+        )
     return name
 
 

@@ -39,8 +39,7 @@ def _check_supported(request: ResponsesRequest) -> None:
         )
     if request.conversation is not None:
         raise UnsupportedParameterError(
-            "conversation objects are not supported; use previous_response_id or send the "
-            "items.",
+            "conversation objects are not supported; use previous_response_id or send the items.",
             param="conversation",
         )
     if request.prompt is not None:
@@ -70,8 +69,10 @@ def _tool_choice(request: ResponsesRequest, tools: ToolSet) -> tuple[ToolChoice,
     shown: list[Any] = list(tools.tools)
     if choice is None or choice == "auto":
         return ToolChoice("auto"), shown
-    if choice in ("none", "required"):
-        return ToolChoice(choice), shown
+    if choice == "none":
+        return ToolChoice("none"), shown
+    if choice == "required":
+        return ToolChoice("required"), shown
     if isinstance(choice, str):
         raise InvalidRequestError(
             "tool_choice must be 'auto', 'none', 'required' or an object.", param="tool_choice"
@@ -105,7 +106,7 @@ def _tool_choice(request: ResponsesRequest, tools: ToolSet) -> tuple[ToolChoice,
                     param=named.param,
                 )
             names.append(named.name or "")
-        return ToolChoice(mode), tools.subset(names)
+        return ToolChoice("required" if mode == "required" else "auto"), tools.subset(names)
     if kind in HOSTED_TOOLS or (isinstance(kind, str) and kind.startswith("web_search")):
         raise UnsupportedParameterError(
             f"tool_choice cannot force the hosted tool {kind!r}: this gateway does not run "
@@ -146,9 +147,7 @@ def _sampling(request: ResponsesRequest) -> dict[str, Any]:
     return layer
 
 
-def translate(
-    body: Mapping[str, Any], store: ResponseStore, sealer: Sealer
-) -> Translated:
+def translate(body: Mapping[str, Any], store: ResponseStore, sealer: Sealer) -> Translated:
     request = ResponsesRequest.model_validate(body)
     _check_supported(request)
     history: list[Mapping[str, Any]] = []
@@ -166,7 +165,9 @@ def translate(
         params = ["previous_response_id"] * len(history)
     items, item_params = resolve_items(request.input, store.item)
     conversation = [*history, *items]
-    messages = to_messages(conversation, sealer, [*params, *item_params])
+    messages: list[Mapping[str, Any]] = list(
+        to_messages(conversation, sealer, [*params, *item_params])
+    )
     if request.instructions:
         messages.insert(0, {"role": "system", "content": request.instructions})
     tools = translate_tools(request.tools)

@@ -18,8 +18,22 @@ from gateway.errors import BackendError
 from gateway.glm47.parser import GLM47Parser
 
 TOOLS = [
-    {"type": "function", "name": "exec_command", "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}},
-    {"type": "namespace", "name": "agents", "tools": [{"type": "function", "name": "spawn", "parameters": {"type": "object", "properties": {}}}]},
+    {
+        "type": "function",
+        "name": "exec_command",
+        "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}},
+    },
+    {
+        "type": "namespace",
+        "name": "agents",
+        "tools": [
+            {
+                "type": "function",
+                "name": "spawn",
+                "parameters": {"type": "object", "properties": {}},
+            }
+        ],
+    },
     {"type": "custom", "name": "apply_patch", "description": "Patch."},
 ]
 RAW = (
@@ -30,22 +44,39 @@ RAW = (
 
 
 def translated(**extra: Any) -> Translated:
-    body = {"model": "glm", "input": "go", "tools": TOOLS, "reasoning": {"summary": "auto"},
-            "include": ["reasoning.encrypted_content"], **extra}
+    body = {
+        "model": "glm",
+        "input": "go",
+        "tools": TOOLS,
+        "reasoning": {"summary": "auto"},
+        "include": ["reasoning.encrypted_content"],
+        **extra,
+    }
     return translate(body, ResponseStore(ResponsesSettings()), Sealer())
 
 
 def plan() -> Any:
-    return SimpleNamespace(request_id="abc", created=1, model_name="glm",
-                           sampling=SimpleNamespace(temperature=0.7, top_p=1.0))
+    return SimpleNamespace(
+        request_id="abc",
+        created=1,
+        model_name="glm",
+        sampling=SimpleNamespace(temperature=0.7, top_p=1.0),
+    )
 
 
 def run(finish: str = "tool_calls") -> Any:
-    return SimpleNamespace(prompt_tokens=5, cached_tokens=1, completion_tokens=9,
-                           reasoning_tokens=3, finish_reason=finish)
+    return SimpleNamespace(
+        prompt_tokens=5,
+        cached_tokens=1,
+        completion_tokens=9,
+        reasoning_tokens=3,
+        finish_reason=finish,
+    )
 
 
-def fold(t: Translated, raw: str, size: int, *, stream: bool, finish: str = "tool_calls") -> tuple[OutputBuilder, bytes]:
+def fold(
+    t: Translated, raw: str, size: int, *, stream: bool, finish: str = "tool_calls"
+) -> tuple[OutputBuilder, bytes]:
     tools = [dict(x) for x in t.chat.tools or []]
     parser = GLM47Parser(thinking=True, tools=tools)
     builder = OutputBuilder(t, cast(Any, plan()), Sealer(), stream=stream)
@@ -71,7 +102,11 @@ def events(data: bytes) -> list[dict[str, Any]]:
 
 def without_secrets(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: without_secrets(v) for k, v in value.items() if k not in ("encrypted_content", "completed_at")}
+        return {
+            k: without_secrets(v)
+            for k, v in value.items()
+            if k not in ("encrypted_content", "completed_at")
+        }
     if isinstance(value, list):
         return [without_secrets(v) for v in value]
     return value
@@ -87,7 +122,13 @@ def test_stream_adds_up_to_the_non_streamed_response(size: int) -> None:
     assert evs[0]["type"] == "response.created" and evs[-1]["type"] == "response.completed"
     final = evs[-1]["response"]
     # Ids are the same across builders of one plan only by position: compare them apart.
-    assert [i["type"] for i in final["output"]] == ["reasoning", "message", "function_call", "function_call", "custom_tool_call"]
+    assert [i["type"] for i in final["output"]] == [
+        "reasoning",
+        "message",
+        "function_call",
+        "function_call",
+        "custom_tool_call",
+    ]
     for a, b in zip(final["output"], plain.final["output"] if plain.final else [], strict=True):
         a, b = dict(a), dict(b)
         assert a.pop("id") and b.pop("id")
@@ -104,16 +145,21 @@ def test_stream_adds_up_to_the_non_streamed_response(size: int) -> None:
     assert (call["name"], json.loads(call["arguments"])) == ("exec_command", {"cmd": "ls -la"})
     assert (spawn["name"], spawn["namespace"], spawn["arguments"]) == ("spawn", "agents", "{}")
     assert patch["input"] == '*** Begin Patch\n+ "quoted" \\ tab\t'
+
     def joined(kind: str, item_id: str) -> str:
         return "".join(e["delta"] for e in evs if e["type"] == kind and e["item_id"] == item_id)
+
     assert joined("response.reasoning_text.delta", reasoning["id"]) == "Let me 想."
     assert joined("response.reasoning_summary_text.delta", reasoning["id"]) == "Let me 想."
     assert joined("response.output_text.delta", message["id"]) == "Running 🌤 now."
     assert joined("response.function_call_arguments.delta", call["id"]) == call["arguments"]
     assert joined("response.custom_tool_call_input.delta", patch["id"]) == patch["input"]
     assert final["usage"] == {
-        "input_tokens": 5, "input_tokens_details": {"cached_tokens": 1}, "output_tokens": 9,
-        "output_tokens_details": {"reasoning_tokens": 3}, "total_tokens": 14,
+        "input_tokens": 5,
+        "input_tokens_details": {"cached_tokens": 1},
+        "output_tokens": 9,
+        "output_tokens_details": {"reasoning_tokens": 3},
+        "total_tokens": 14,
     }
 
 
@@ -127,8 +173,13 @@ def test_no_summary_no_encrypted_content_unless_asked() -> None:
 
 def test_length_is_incomplete_and_open_items_say_so() -> None:
     t = translated()
-    builder, data = fold(t, "x</think>partial answer<tool_call>exec_command<arg_key>cmd</arg_key><arg_value>ls", 4,
-                         stream=True, finish="length")
+    _, data = fold(
+        t,
+        "x</think>partial answer<tool_call>exec_command<arg_key>cmd</arg_key><arg_value>ls",
+        4,
+        stream=True,
+        finish="length",
+    )
     final = events(data)[-1]
     assert final["type"] == "response.incomplete"
     body = final["response"]
@@ -141,7 +192,12 @@ def test_error_after_headers_ends_with_response_failed() -> None:
     builder = OutputBuilder(translated(), cast(Any, plan()), Sealer(), stream=True)
     data = builder.error(BackendError("engine died"))
     evs = events(data)
-    assert [e["type"] for e in evs] == ["response.created", "response.in_progress", "error", "response.failed"]
+    assert [e["type"] for e in evs] == [
+        "response.created",
+        "response.in_progress",
+        "error",
+        "response.failed",
+    ]
     assert evs[2]["code"] == "backend_error" and evs[2]["message"] == "engine died"
     assert evs[3]["response"]["error"] == {"code": "backend_error", "message": "engine died"}
     assert evs[3]["response"]["status"] == "failed"

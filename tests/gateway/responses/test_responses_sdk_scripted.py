@@ -56,7 +56,8 @@ OUTPUTS: dict[str, str] = {
     "get_weather<arg_key>city</arg_key><arg_value>Rome</arg_value></tool_call>",
     "zero-argument": "x</think><tool_call>list_files</tool_call>",
     "custom-tool": "patch it</think><tool_call>apply_patch<arg_key>input</arg_key><arg_value>"
-    '*** Begin Patch\n*** Add File: a.txt\n+say "hi" \\ there\n*** End Patch</arg_value></tool_call>',
+    '*** Begin Patch\n*** Add File: a.txt\n+say "hi" \\ there\n*** End Patch</arg_value>'
+    "</tool_call>",
     "unicode": "想一想 🌤</think>北京天气 — München<tool_call>get_weather<arg_key>city</arg_key>"
     "<arg_value>北京</arg_value></tool_call>",
     "big-argument": f"write</think><tool_call>write_file<arg_key>path</arg_key><arg_value>a.html"
@@ -135,14 +136,20 @@ def check_output(name: str, response: Any, events: list[Any]) -> None:
         assert kinds == ["reasoning", "message"]
         assert response.output_text == "The answer is 42."
     elif name == "parallel-calls":
-        assert [json.loads(c.arguments) for c in calls] == [{"city": "Paris", "days": 3}, {"city": "Rome"}]
+        assert [json.loads(c.arguments) for c in calls] == [
+            {"city": "Paris", "days": 3},
+            {"city": "Rome"},
+        ]
         assert len({c.call_id for c in calls}) == 2
     elif name == "zero-argument":
         assert (calls[0].name, calls[0].arguments) == ("list_files", "{}")
     elif name == "custom-tool":
         (custom,) = [i for i in response.output if i.type == "custom_tool_call"]
         assert custom.name == "apply_patch"
-        assert custom.input == '*** Begin Patch\n*** Add File: a.txt\n+say "hi" \\ there\n*** End Patch'
+        assert (
+            custom.input
+            == '*** Begin Patch\n*** Add File: a.txt\n+say "hi" \\ there\n*** End Patch'
+        )
         deltas = [e.delta for e in events if e.type == "response.custom_tool_call_input.delta"]
         assert len(deltas) > 1 and "".join(deltas) == custom.input
     elif name == "unicode":
@@ -181,7 +188,9 @@ def test_a_chain_renders_like_the_same_items_sent_statelessly(tmp_path: Path, se
     ]
     extra: dict[str, Any] = {"include": ["reasoning.encrypted_content"]} if sealed else {}
     with scripted(tmp_path, lines) as (url, client):
-        first = client.responses.create(model="glm", input="Weather?", tools=TOOLS, instructions="Be brief.", **extra)
+        first = client.responses.create(
+            model="glm", input="Weather?", tools=TOOLS, instructions="Be brief.", **extra
+        )
         outputs = [
             {"type": "function_call_output", "call_id": c.call_id, "output": f"sunny {i}"}
             for i, c in enumerate(first.output)
@@ -192,9 +201,13 @@ def test_a_chain_renders_like_the_same_items_sent_statelessly(tmp_path: Path, se
         )
         assert second.previous_response_id == first.id
         # The tool loop's reasoning is part of the follow-up's prompt (preserved thinking).
-        follow_up = render(url, {"previous_response_id": first.id, "input": outputs, "tools": TOOLS})
+        follow_up = render(
+            url, {"previous_response_id": first.id, "input": outputs, "tools": TOOLS}
+        )
         assert "Two cities." in follow_up and "sunny 1" in follow_up
-        chained = render(url, {"previous_response_id": second.id, "input": "And tomorrow?", "tools": TOOLS})
+        chained = render(
+            url, {"previous_response_id": second.id, "input": "And tomorrow?", "tools": TOOLS}
+        )
         stateless = render(
             url,
             {
@@ -255,12 +268,24 @@ def test_delete_removes_a_response(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [
-        ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:x"}]}]}, 400, "input[0].content[0].type"),
+        (
+            {
+                "input": [
+                    {"role": "user", "content": [{"type": "input_image", "image_url": "data:x"}]}
+                ]
+            },
+            400,
+            "input[0].content[0].type",
+        ),
         ({"input": "x", "model": "nope"}, 404, "model"),
         ({"input": "x", "temperature": 7}, 400, "temperature"),
         ({"input": "x", "tools": [{"type": "teleport"}]}, 400, "tools[0].type"),
         ({"input": "x", "tool_choice": "required"}, 400, "tool_choice"),
-        ({"input": [{"type": "reasoning", "summary": [], "encrypted_content": "glmgw1.AAAA"}]}, 400, "input[0].encrypted_content"),
+        (
+            {"input": [{"type": "reasoning", "summary": [], "encrypted_content": "glmgw1.AAAA"}]},
+            400,
+            "input[0].encrypted_content",
+        ),
         ({"input": 5}, 400, "input"),
     ],
 )
@@ -269,7 +294,9 @@ def test_bad_input_has_openai_error_shape(
 ) -> None:
     with scripted(tmp_path, [{"text": "x</think>y"}]) as (url, _):
         for stream in (False, True):
-            answer = httpx.post(f"{url}/v1/responses", json={"model": "glm", "stream": stream, **body}, timeout=30)
+            answer = httpx.post(
+                f"{url}/v1/responses", json={"model": "glm", "stream": stream, **body}, timeout=30
+            )
             assert answer.status_code == status, answer.text
             error = answer.json()["error"]
             assert set(error) == {"message", "type", "param", "code"}
@@ -278,10 +305,14 @@ def test_bad_input_has_openai_error_shape(
 
 
 def test_max_output_tokens_is_incomplete(tmp_path: Path) -> None:
-    lines = [{"text": "thinking</think>a long answer", "chunk_size": 2, "finish_reason": "length"}] * 2
+    lines = [
+        {"text": "thinking</think>a long answer", "chunk_size": 2, "finish_reason": "length"}
+    ] * 2
     with scripted(tmp_path, lines) as (_, client):
         plain = client.responses.create(model="glm", input="x", max_output_tokens=5)
-        events = list(client.responses.create(model="glm", input="x", max_output_tokens=5, stream=True))
+        events = list(
+            client.responses.create(model="glm", input="x", max_output_tokens=5, stream=True)
+        )
         assert events[-1].type == "response.incomplete"
         for response in (plain, events[-1].response):
             assert response.status == "incomplete"

@@ -9,7 +9,7 @@ from gateway.api.openai_responses.sealing import Sealer, SealError
 
 def test_round_trip_keeps_the_text_exactly() -> None:
     sealer = Sealer()
-    for text in ("", "plain", "想一想 — München 🌤\n\t\"quoted\"", "x" * 100_000):
+    for text in ("", "plain", '想一想 — München 🌤\n\t"quoted"', "x" * 100_000):
         token = sealer.seal(text)
         assert text[:20] not in token or not text
         assert sealer.open(token) == text

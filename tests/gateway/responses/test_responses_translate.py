@@ -34,7 +34,9 @@ CUSTOM = {
 }
 
 
-def run(body: dict[str, Any], store: ResponseStore | None = None, sealer: Sealer | None = None) -> Translated:
+def run(
+    body: dict[str, Any], store: ResponseStore | None = None, sealer: Sealer | None = None
+) -> Translated:
     return translate(
         {"model": "glm", **body},
         store if store is not None else ResponseStore(ResponsesSettings()),
@@ -53,21 +55,62 @@ def test_string_input_and_instructions() -> None:
 def test_a_tool_loop_becomes_assistant_turns_with_reasoning() -> None:
     sealer = Sealer()
     items = [
-        {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "sys"}]},
+        {
+            "type": "message",
+            "role": "developer",
+            "content": [{"type": "input_text", "text": "sys"}],
+        },
         {"type": "message", "role": "user", "content": "list"},
-        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": sealer.seal("think")},
-        {"type": "function_call", "call_id": "c1", "name": "exec_command", "arguments": '{"cmd": "ls"}'},
-        {"type": "function_call", "call_id": "c2", "name": "spawn", "namespace": "agents", "arguments": "{}"},
+        {
+            "type": "reasoning",
+            "id": "rs_1",
+            "summary": [],
+            "encrypted_content": sealer.seal("think"),
+        },
+        {
+            "type": "function_call",
+            "call_id": "c1",
+            "name": "exec_command",
+            "arguments": '{"cmd": "ls"}',
+        },
+        {
+            "type": "function_call",
+            "call_id": "c2",
+            "name": "spawn",
+            "namespace": "agents",
+            "arguments": "{}",
+        },
         {"type": "function_call_output", "call_id": "c1", "output": "a.txt"},
-        {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "ok"}]},
-        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "again"}], "encrypted_content": None},
+        {
+            "type": "function_call_output",
+            "call_id": "c2",
+            "output": [{"type": "input_text", "text": "ok"}],
+        },
+        {
+            "type": "reasoning",
+            "summary": [{"type": "summary_text", "text": "again"}],
+            "encrypted_content": None,
+        },
         {"type": "custom_tool_call", "call_id": "c3", "name": "apply_patch", "input": "*** Begin"},
         {"type": "custom_tool_call_output", "call_id": "c3", "output": "done"},
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Done."}]},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Done."}],
+        },
     ]
     chat = run({"input": items, "tools": [FUNCTION, NAMESPACE, CUSTOM]}, sealer=sealer).chat
     roles = [m["role"] for m in chat.messages]
-    assert roles == ["developer", "user", "assistant", "tool", "tool", "assistant", "tool", "assistant"]
+    assert roles == [
+        "developer",
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
     first = chat.messages[2]
     assert first["reasoning_content"] == "think"
     assert [c["function"]["name"] for c in first["tool_calls"]] == ["exec_command", "agents__spawn"]
@@ -79,8 +122,11 @@ def test_a_tool_loop_becomes_assistant_turns_with_reasoning() -> None:
 
 
 def test_reasoning_text_from_content_and_tampered_seal() -> None:
-    item = {"type": "reasoning", "summary": [{"type": "summary_text", "text": "short"}],
-            "content": [{"type": "reasoning_text", "text": "full"}]}
+    item = {
+        "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": "short"}],
+        "content": [{"type": "reasoning_text", "text": "full"}],
+    }
     chat = run({"input": [item]}).chat
     assert chat.messages[0]["reasoning_content"] == "full"
     sealed = Sealer().seal("other gateway")
@@ -93,8 +139,26 @@ def test_reasoning_text_from_content_and_tampered_seal() -> None:
 @pytest.mark.parametrize(
     ("items", "param"),
     [
-        ([{"type": "message", "role": "user", "content": [{"type": "input_image", "image_url": "x"}]}], "input[0].content[0].type"),
-        ([{"type": "message", "role": "user", "content": [{"type": "input_file", "file_id": "f"}]}], "input[0].content[0].type"),
+        (
+            [
+                {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_image", "image_url": "x"}],
+                }
+            ],
+            "input[0].content[0].type",
+        ),
+        (
+            [
+                {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_file", "file_id": "f"}],
+                }
+            ],
+            "input[0].content[0].type",
+        ),
         ([{"type": "web_search_call", "id": "ws"}], "input[0].type"),
     ],
 )
@@ -138,16 +202,27 @@ def test_bad_tools_are_refused() -> None:
 
 def test_tool_choices() -> None:
     tools = [FUNCTION, NAMESPACE, CUSTOM]
-    assert run({"input": "x", "tools": tools, "tool_choice": "required"}).chat.tool_choice.mode == "required"
-    named = run({"input": "x", "tools": tools, "tool_choice": {"type": "function", "name": "exec_command"}})
+    assert (
+        run({"input": "x", "tools": tools, "tool_choice": "required"}).chat.tool_choice.mode
+        == "required"
+    )
+    named = run(
+        {"input": "x", "tools": tools, "tool_choice": {"type": "function", "name": "exec_command"}}
+    )
     assert (named.chat.tool_choice.mode, named.chat.tool_choice.name) == ("named", "exec_command")
-    custom = run({"input": "x", "tools": tools, "tool_choice": {"type": "custom", "name": "apply_patch"}})
+    custom = run(
+        {"input": "x", "tools": tools, "tool_choice": {"type": "custom", "name": "apply_patch"}}
+    )
     assert custom.chat.tool_choice.name == "apply_patch"
     allowed = run(
         {
             "input": "x",
             "tools": tools,
-            "tool_choice": {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "exec_command"}, {"type": "web_search"}]},
+            "tool_choice": {
+                "type": "allowed_tools",
+                "mode": "required",
+                "tools": [{"type": "function", "name": "exec_command"}, {"type": "web_search"}],
+            },
         }
     )
     assert allowed.chat.tool_choice.mode == "required"
@@ -159,7 +234,9 @@ def test_tool_choices() -> None:
 def test_reasoning_sampling_and_format() -> None:
     assert run({"input": "x", "reasoning": {"effort": "minimal"}}).chat.enable_thinking is False
     assert run({"input": "x", "reasoning": {"effort": "high"}}).chat.enable_thinking is True
-    plain = run({"input": "x", "reasoning": {"summary": "auto"}, "include": ["reasoning.encrypted_content"]})
+    plain = run(
+        {"input": "x", "reasoning": {"summary": "auto"}, "include": ["reasoning.encrypted_content"]}
+    )
     assert plain.chat.enable_thinking is None and plain.summary and plain.encrypted_reasoning
     t = run(
         {
@@ -168,7 +245,10 @@ def test_reasoning_sampling_and_format() -> None:
             "temperature": 0.5,
             "top_p": 0.9,
             "prompt_cache_key": "thread-1",
-            "text": {"format": {"type": "json_schema", "name": "s", "schema": {"type": "object"}}, "verbosity": "low"},
+            "text": {
+                "format": {"type": "json_schema", "name": "s", "schema": {"type": "object"}},
+                "verbosity": "low",
+            },
             "metadata": {"a": "b"},
             "service_tier": "auto",
             "truncation": "auto",
@@ -183,7 +263,13 @@ def test_reasoning_sampling_and_format() -> None:
 
 
 @pytest.mark.parametrize(
-    "extra", [{"background": True}, {"conversation": "conv_1"}, {"top_logprobs": 2}, {"include": ["message.output_text.logprobs"]}]
+    "extra",
+    [
+        {"background": True},
+        {"conversation": "conv_1"},
+        {"top_logprobs": 2},
+        {"include": ["message.output_text.logprobs"]},
+    ],
 )
 def test_what_cannot_be_honoured_is_refused(extra: dict[str, Any]) -> None:
     with pytest.raises(UnsupportedParameterError):
@@ -196,7 +282,10 @@ def test_previous_response_and_item_reference() -> None:
         run({"input": "x", "previous_response_id": "resp_nope"}, store)
     earlier = [{"id": "msg_1", "type": "message", "role": "user", "content": "first"}]
     store.put({"id": "resp_1", "output": []}, earlier)
-    t = run({"input": [{"type": "item_reference", "id": "msg_1"}], "previous_response_id": "resp_1"}, store)
+    t = run(
+        {"input": [{"type": "item_reference", "id": "msg_1"}], "previous_response_id": "resp_1"},
+        store,
+    )
     assert [m["content"] for m in t.chat.messages] == [[{"type": "text", "text": "first"}]] * 2
     with pytest.raises(NotFoundError):
         run({"input": [{"type": "item_reference", "id": "msg_gone"}]}, store)
