@@ -27,6 +27,7 @@ from backends.sampling import (
 )
 from backends.settings_base import BackendSettingsBase
 
+from .api.openai_responses.settings import ResponsesSettings
 from .route_defaults import BUILTIN_ROUTES
 
 DEFAULT_MODEL_ID = "glm-4.7-flash"
@@ -172,6 +173,9 @@ class Settings(BaseSettings):
     # One JSON line per request; prompts and outputs only when asked for.
     log_format: Literal["json", "text"] = "json"
     log_prompts: bool = False
+
+    # The Responses API: its response store and the key that seals reasoning.
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
     def load_api_keys(self) -> list[str]:
         keys = [k for k in self.api_keys if k]

@@ -21,6 +21,10 @@ bash scripts/fetch-test-models.sh
 # CI=1 without it). Idempotent: about 3 minutes the first time, instant after.
 VLLM_PYTHON=$(bash scripts/setup-vllm.sh)
 export VLLM_PYTHON
+# The real Codex CLI from npm, for tests/clients/test_codex_cli.py (which fails under CI=1
+# without it). Idempotent: seconds the first time, instant after.
+CODEX_BIN=$(bash scripts/setup-codex.sh)
+export CODEX_BIN
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

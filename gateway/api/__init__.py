@@ -8,8 +8,9 @@ from .base import WireApi
 def wire_apis() -> tuple[WireApi, ...]:
     """Every wire API the app serves; the first is the default shape for other paths."""
     from .openai_chat import API as OPENAI_CHAT
+    from .openai_responses.api import API as OPENAI_RESPONSES
 
-    return (OPENAI_CHAT,)
+    return (OPENAI_CHAT, OPENAI_RESPONSES)
 
 
 def api_for_path(apis: tuple[WireApi, ...], path: str) -> WireApi:

@@ -116,7 +116,9 @@ def codex_config(home: Path, url: str, *extra: str) -> None:
     )
 
 
-def run_codex(home: Path, work: Path, sandbox: str, prompt: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def run_codex(
+    home: Path, work: Path, sandbox: str, prompt: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home.parent),
@@ -174,7 +176,9 @@ def test_codex_runs_a_real_exec_command_round_trip(
     ]
     script.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     settings = Settings(
-        models=[ModelSettings(id="glm-4.7-flash", backend=ScriptedBackendSettings(path=str(script)))]
+        models=[
+            ModelSettings(id="glm-4.7-flash", backend=ScriptedBackendSettings(path=str(script)))
+        ]
     )
     recorder, server = served(settings)
     with server as url:
