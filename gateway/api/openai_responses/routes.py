@@ -14,6 +14,7 @@ from ...pipeline.stream import serve
 from ...sampling import sampling_dict
 from ..common import keepalive_interval, new_run, plan_request, read_json_object, run_headers
 from .encode import OutputBuilder
+from .request import ResponsesRequest
 from .state import ResponsesState
 from .translate import Translated, translate
 
@@ -21,10 +22,31 @@ API_NAME = "openai_responses"
 
 router = APIRouter()
 
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` inlined, to stand alone in the OpenAPI doc."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
+
+
+# The body is read by hand (items and tools keep the client's key order and get errors that
+# name the exact item), so FastAPI does not see the model: declare it.
 _BODY_SCHEMA: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": {"type": "object"}}},
+        "content": {"application/json": {"schema": _inlined(ResponsesRequest.model_json_schema())}},
     }
 }
 _CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -32,7 +54,14 @@ _CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "A response, or with `stream: true` a stream of response events",
         "content": {
             "application/json": {"schema": {"type": "object"}},
-            "text/event-stream": {"schema": {"type": "string"}},
+            # One server-sent event: its name and its JSON data.
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+                    "required": ["event", "data"],
+                }
+            },
         },
     }
 }
