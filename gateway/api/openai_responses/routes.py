@@ -16,6 +16,7 @@ from ..common import keepalive_interval, new_run, plan_request, read_json_object
 from .encode import OutputBuilder
 from .request import ResponsesRequest
 from .state import ResponsesState
+from .strict import constrain_strict_tools
 from .translate import Translated, translate
 
 API_NAME = "openai_responses"
@@ -85,6 +86,7 @@ async def create_response(request: Request) -> Response:
     state = _state(request)
     translated = translate(await read_json_object(request), state.store, state.sealer)
     plan = plan_request(request, translated.chat)
+    constrain_strict_tools(plan, translated.tools)
     run = new_run(request, plan, API_NAME)
     stream = translated.chat.stream
     builder = OutputBuilder(

@@ -105,3 +105,41 @@ def test_agent_loop_with_a_function_tool(client: openai.OpenAI) -> None:
     assert turns >= 2
     assert response.status == "completed"
     assert response.output_text
+
+
+def test_strict_function_tool_is_held_to_its_schema_under_auto(client: openai.OpenAI) -> None:
+    # glm-tiny calls get_weather with a city alone; strict adds two required arguments it has
+    # never seen, which only the grammar can make it write.
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "days": {"type": "integer"},
+            "metric": {"type": "boolean"},
+        },
+        "required": ["city", "days", "metric"],
+        "additionalProperties": False,
+    }
+    strict = {**TOOLS[0], "strict": True, "parameters": schema}
+    assert strict["name"] == "get_weather"
+    for stream in (False, True):
+        kwargs: dict[str, Any] = {
+            "model": "glm-4.7-flash",
+            "input": "What's the weather in Oslo?",
+            "tools": [strict, *TOOLS[1:]],
+            "temperature": 0,
+            "max_output_tokens": 128,
+        }
+        if stream:
+            with client.responses.stream(**kwargs) as events:
+                response = events.get_final_response()
+        else:
+            response = client.responses.create(**kwargs)
+        calls = [item for item in response.output if item.type == "function_call"]
+        assert calls, response.output
+        for call in calls:
+            arguments = json.loads(call.arguments)
+            if call.name == "get_weather":
+                jsonschema.validate(arguments, schema)
+            else:
+                jsonschema.validate(arguments, SCHEMAS[call.name])
