@@ -23,6 +23,7 @@ from . import __version__
 from .api import api_for_path, wire_apis
 from .api.base import WireApi
 from .api.openai_chat.request import ChatCompletionRequest, ErrorResponse
+from .api.openai_responses.state import ResponsesState
 from .errors import GatewayError, InvalidRequestError, from_backend
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from .models import ModelRegistry
@@ -168,6 +169,7 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = metrics
+    app.state.responses = ResponsesState.from_settings(settings.responses)
     _install_error_handlers(app, apis)
     _install_openapi(app)
     for api in apis:
@@ -191,7 +193,7 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
             expose_headers=["x-request-id", "x-sampling-route", "x-gateway-overhead-ms"],
         )

@@ -28,6 +28,7 @@ from backends.sampling import (
 from backends.settings_base import BackendSettingsBase
 
 from .api.anthropic.settings import AnthropicSettings
+from .api.openai_responses.settings import ResponsesSettings
 from .route_defaults import BUILTIN_ROUTES
 
 DEFAULT_MODEL_ID = "glm-4.7-flash"
@@ -176,6 +177,8 @@ class Settings(BaseSettings):
 
     # The Anthropic Messages API: which served model Claude model ids run on.
     anthropic: AnthropicSettings = Field(default_factory=lambda: AnthropicSettings())
+    # The Responses API: its response store and the key that seals reasoning.
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
     def load_api_keys(self) -> list[str]:
         keys = [k for k in self.api_keys if k]

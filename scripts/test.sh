@@ -25,6 +25,10 @@ export VLLM_PYTHON
 # which fails under CI=1 without it. Idempotent: seconds the first time, instant after.
 CLAUDE_BIN=$(bash scripts/setup-claude-code.sh)
 export CLAUDE_BIN
+# The real Codex CLI from npm, for tests/clients/test_codex_cli.py (which fails under CI=1
+# without it). Idempotent: seconds the first time, instant after.
+CODEX_BIN=$(bash scripts/setup-codex.sh)
+export CODEX_BIN
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -9,8 +9,9 @@ def wire_apis() -> tuple[WireApi, ...]:
     """Every wire API the app serves; the first is the default shape for other paths."""
     from .anthropic.wire import API as ANTHROPIC
     from .openai_chat import API as OPENAI_CHAT
+    from .openai_responses.api import API as OPENAI_RESPONSES
 
-    return (OPENAI_CHAT, ANTHROPIC)
+    return (OPENAI_CHAT, ANTHROPIC, OPENAI_RESPONSES)
 
 
 def api_for_path(apis: tuple[WireApi, ...], path: str) -> WireApi:

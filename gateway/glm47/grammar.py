@@ -285,3 +285,42 @@ def json_grammar(schema: Mapping[str, Any] | None, *, thinking: bool) -> str:
     builder.json_base()
     value = builder.json_for(schema) if schema else "json-object"
     return builder.render(_reasoning_prefix(builder, thinking, ()) + value)
+
+
+def _lax_call_rule(builder: GrammarBuilder, tool: Mapping[str, Any]) -> str:
+    """A well-formed call of ``tool`` with any arguments (a tool that is not strict)."""
+    name = str((tool.get("function") or {}).get("name", ""))
+    raw = builder.text_without(TOOL_TAGS, "raw-text")
+    between = literal(tokens.ARG_KEY_CLOSE + tokens.ARG_VALUE_OPEN)
+    arg = builder.add(
+        "any-arg",
+        f"{literal(tokens.ARG_KEY_OPEN)} {raw} {between} {raw} {literal(tokens.ARG_VALUE_CLOSE)}",
+    )
+    return builder.add(
+        "call", f"{literal(tokens.TOOL_CALL_OPEN + name)} {arg}* {literal(tokens.TOOL_CALL_CLOSE)}"
+    )
+
+
+def optional_calls_grammar(
+    tools: Sequence[Mapping[str, Any]],
+    strict: Iterable[str],
+    *,
+    thinking: bool,
+    parallel: bool = True,
+) -> str:
+    """What ``tool_choice: auto`` allows, with ``strict`` tools held to their schemas: (optional
+    reasoning, then) text, then any number of calls (at most one unless ``parallel``)."""
+    if not tools:
+        raise ValueError("a tool-call grammar needs at least one tool")
+    strict_names = set(strict)
+    builder = GrammarBuilder()
+    rules = [
+        _call_rule(builder, t)
+        if str((t.get("function") or {}).get("name")) in strict_names
+        else _lax_call_rule(builder, t)
+        for t in tools
+    ]
+    calls = builder.add("any-call", " | ".join(rules))
+    text = builder.text_without(TOOL_TAGS[:1], "content")
+    repeat = f"{calls}*" if parallel else f"{calls}?"
+    return builder.render(_reasoning_prefix(builder, thinking, TOOL_TAGS[:1]) + f"{text} {repeat}")
