@@ -24,7 +24,12 @@ from gateway.glm47.schema import (
     is_string_only,
 )
 from gateway.glm47.state import State
-from gateway.glm47.tokens import ARG_KEY_CLOSE, ARG_KEY_OPEN, ARG_VALUE_CLOSE, TOOL_CALL_CLOSE
+from gateway.glm47.tokens import (
+    ARG_KEY_CLOSE,
+    ARG_KEY_OPEN,
+    ARG_VALUE_CLOSE,
+    TOOL_CALL_CLOSE,
+)
 
 __all__ = ["MAX_VALUE_KEY", "CallArguments"]
 
@@ -240,6 +245,9 @@ class CallArguments:
             self._text(core)
 
     # -- tag handlers (the parser's tables say which one runs in which state) ---------------------
+
+    def _ignore(self) -> None:
+        """A tag out of its place: dropped."""
 
     def _name_restart(self) -> None:  # <tool_call> in a name: the first one was stray
         self._buf.clear()

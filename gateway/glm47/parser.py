@@ -6,7 +6,7 @@ the rest. Folding every event with ``MessageAccumulator`` gives the same message
 chunking, and the work per chunk is proportional to the chunk.
 
 How it works. The parser is always in one ``State``. Each state recognizes a fixed set of tags
-and maps each to a handler (its ``_TagTable``); text between tags goes to the state's sink
+and maps each to a handler (its ``TagTable``); text between tags goes to the state's sink
 (reasoning, content, the call's name, the current key, a value, a pending decision, or nowhere).
 A ``<`` that may still begin one of the state's tags at the end of a chunk is held back (at most
 a tag's length); once it cannot, it is ordinary text. Structural tags never reach an event.
@@ -26,23 +26,15 @@ afterwards it is text like any other.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from gateway.glm47.arguments import CallArguments
 from gateway.glm47.events import ContentDelta, ParseEvent, ReasoningDelta, ToolCallArguments
 from gateway.glm47.schema import ToolSchemas, encode_string
 from gateway.glm47.state import CALL_STATES, PENDING_STATES, VALUE_STATES, State
-from gateway.glm47.tokens import (
-    ARG_KEY_CLOSE,
-    ARG_KEY_OPEN,
-    ARG_VALUE_CLOSE,
-    ARG_VALUE_OPEN,
-    THINK_CLOSE,
-    THINK_OPEN,
-    TOOL_CALL_CLOSE,
-    TOOL_CALL_OPEN,
-)
+from gateway.glm47.tables import CALL_HANDLERS, KEY_LEN, Handler, TagTable, stray_tags, tag_table
+from gateway.glm47.tokens import THINK_CLOSE, THINK_OPEN, TOOL_CALL_OPEN
 
 __all__ = ["GLM47Parser"]
 
@@ -53,7 +45,6 @@ _CONTENT = State.CONTENT
 _CALL_NAME = State.CALL_NAME
 _ARG_KEY = State.ARG_KEY
 _BEFORE_VALUE = State.BEFORE_VALUE
-_BETWEEN_ARGS = State.BETWEEN_ARGS
 _STRING_VALUE = State.STRING_VALUE
 _NULLABLE_VALUE = State.NULLABLE_VALUE
 _JSON_VALUE = State.JSON_VALUE
@@ -61,19 +52,10 @@ _AFTER_VALUE_CLOSE = State.AFTER_VALUE_CLOSE
 _AFTER_CALL_CLOSE = State.AFTER_CALL_CLOSE
 _DONE = State.DONE
 
-_KEY_LEN = 7  # every tag is at least this long, and their first 7 characters are all different
 _SPACES = re.compile(r"\s*")  # what str.strip() strips (Py_UNICODE_ISSPACE)
 _COLLECTING = frozenset({_CALL_NAME, _ARG_KEY, _JSON_VALUE})  # the states whose text goes to _buf
 _SECTIONS = frozenset({_LEAD, _REASONING, _CONTENT})
-
-_Handler = Callable[["GLM47Parser"], None]
-
-
-class _TagTable(NamedTuple):
-    by_key: dict[str, str]  # the first _KEY_LEN characters of a tag -> the tag
-    prefixes: frozenset[str]  # every proper prefix of a tag: a tag may still follow
-    longest: int  # the longest tag's length
-    handlers: dict[str, _Handler]
+_CALL_STRUCTURE = CALL_STATES - VALUE_STATES - PENDING_STATES  # in a call, outside a value
 
 
 class GLM47Parser(CallArguments):
@@ -126,7 +108,7 @@ class GLM47Parser(CallArguments):
             j = text.find("<", pos)
             if j < 0:
                 break
-            tag = table.by_key.get(text[j : j + _KEY_LEN])
+            tag = table.by_key.get(text[j : j + KEY_LEN])
             if tag is not None and text.startswith(tag, j):
                 if j > start:
                     state = self._state
@@ -179,9 +161,8 @@ class GLM47Parser(CallArguments):
         if state in _SECTIONS:
             if held and not truncated:
                 self._text(held)
-        elif state in CALL_STATES and state not in VALUE_STATES:
-            if not truncated and self._keep_at_end(held):
-                self._close_call()
+        elif state in _CALL_STRUCTURE and not truncated and self._keep_at_end(held):
+            self._close_call()
         self._ws.clear()
         self._buf.clear()
         self._pend.clear()
@@ -207,7 +188,7 @@ class GLM47Parser(CallArguments):
                 return n
             if text[pos] != "<":
                 break
-            tag = table.by_key.get(text[pos : pos + _KEY_LEN])
+            tag = table.by_key.get(text[pos : pos + KEY_LEN])
             if tag is not None and text.startswith(tag, pos):
                 pos += len(tag)
                 table.handlers[tag](self)  # <think> is dropped; a stray tool tag too
@@ -275,9 +256,6 @@ class GLM47Parser(CallArguments):
 
     # -- tags of the text sections ----------------------------------------------------------------
 
-    def _ignore(self) -> None:
-        """A tag out of its place: dropped."""
-
     def _reasoning_call_open(self) -> None:  # a call before </think> ends the reasoning (T16)
         self._end_reasoning()
         self._state = _CALL_NAME
@@ -297,109 +275,26 @@ class GLM47Parser(CallArguments):
         self._text_started = False
 
 
-# -- the tag tables --------------------------------------------------------------------------------
-
-_P = GLM47Parser
-_TOOL_TAGS = (
-    TOOL_CALL_OPEN,
-    TOOL_CALL_CLOSE,
-    ARG_KEY_OPEN,
-    ARG_KEY_CLOSE,
-    ARG_VALUE_OPEN,
-    ARG_VALUE_CLOSE,
-)
-# In a value, the three tags that may end it, depending on what follows (FORMAT.md 2b).
-_IN_VALUE: dict[str, _Handler] = {
-    ARG_VALUE_CLOSE: _P._value_close,
-    TOOL_CALL_CLOSE: _P._value_call_close,
-    ARG_KEY_OPEN: _P._value_key_open,
-}
+# -- the tag tables (those of a call are in tables.py) ---------------------------------------------
 
 
-def _data_then(handler: _Handler) -> _Handler:
-    """A value's tag right after a pending candidate: the candidate was data; then the tag."""
-
-    def on_tag(parser: GLM47Parser) -> None:
-        parser._to_data()
-        handler(parser)
-
-    return on_tag
-
-
-def _pending(deciding: dict[str, _Handler]) -> dict[str, _Handler]:
-    return {**{tag: _data_then(h) for tag, h in _IN_VALUE.items()}, **deciding}
-
-
-def _stray(**handlers: _Handler) -> dict[str, _Handler]:
-    return {tag: _P._ignore for tag in _TOOL_TAGS} | {_TAG_NAMES[k]: h for k, h in handlers.items()}
-
-
-_TAG_NAMES = {
-    "call_open": TOOL_CALL_OPEN,
-    "call_close": TOOL_CALL_CLOSE,
-    "key_open": ARG_KEY_OPEN,
-    "key_close": ARG_KEY_CLOSE,
-    "value_open": ARG_VALUE_OPEN,
-    "value_close": ARG_VALUE_CLOSE,
-}
-_IN_CALL = {  # what a call's own structure does, outside a value
-    _CALL_NAME: _stray(
-        call_open=_P._name_restart,
-        call_close=_P._call_close,
-        key_open=_P._name_key_open,
-        key_close=_P._name_key_close,
-    ),
-    _ARG_KEY: _stray(
-        call_open=_P._call_restart,
-        call_close=_P._call_close,
-        key_open=_P._restart_key,
-        key_close=_P._key_close,
-        value_open=_P._key_value_open,
-    ),
-    _BEFORE_VALUE: _stray(
-        call_open=_P._call_restart,
-        call_close=_P._call_close,
-        key_open=_P._restart_key,
-        key_close=_P._key_close_as_value,
-        value_open=_P._value_open,
-        value_close=_P._empty_value_close,
-    ),
-    _BETWEEN_ARGS: _stray(
-        call_open=_P._call_restart, call_close=_P._call_close, key_open=_P._restart_key
-    ),
-    **dict.fromkeys(VALUE_STATES, _IN_VALUE),
-    _AFTER_VALUE_CLOSE: _pending(
-        {ARG_KEY_OPEN: _P._value_ends_next_key, TOOL_CALL_CLOSE: _P._value_ends_call}
-    ),
-    State.AFTER_CALL_CLOSE: _pending({TOOL_CALL_OPEN: _P._value_ends_next_call}),
-    State.VALUE_KEY: _pending({ARG_KEY_CLOSE: _P._value_key_end}),
-    State.VALUE_KEY_END: _pending({ARG_VALUE_OPEN: _P._value_ends_key_value}),
-}
-
-
-def _table(handlers: dict[str, _Handler]) -> _TagTable | None:
-    if not handlers:
-        return None
-    tags = list(handlers)
-    assert all(len(tag) >= _KEY_LEN for tag in tags)
-    by_key = {tag[:_KEY_LEN]: tag for tag in tags}
-    assert len(by_key) == len(tags)
-    prefixes = frozenset(tag[:n] for tag in tags for n in range(1, len(tag)))
-    return _TagTable(by_key, prefixes, max(map(len, tags)), handlers)
-
-
-def _tables(tools: bool) -> tuple[_TagTable | None, ...]:
-    sections: dict[State, dict[str, _Handler]] = {
-        _LEAD: {THINK_OPEN: _P._think_open, THINK_CLOSE: _P._think_close},
-        _REASONING: {THINK_CLOSE: _P._think_close},
+def _tables(tools: bool) -> tuple[TagTable | None, ...]:
+    parser = GLM47Parser
+    sections: dict[State, dict[str, Handler]] = {
+        _LEAD: {THINK_OPEN: parser._think_open, THINK_CLOSE: parser._think_close},
+        _REASONING: {THINK_CLOSE: parser._think_close},
         _CONTENT: {},
     }
-    if tools:
-        sections[_LEAD] |= _stray(call_open=_P._reasoning_call_open)
-        sections[_REASONING] |= _stray(call_open=_P._reasoning_call_open)
-        sections[_CONTENT] |= _stray(call_open=_P._content_call_open)
-    by_state = {**sections, **_IN_CALL}
-    return tuple(_table(by_state.get(state, {})) for state in State)
+    if tools:  # (outside a call, every tool tag but <tool_call> is stray)
+        for state, call_open in (
+            (_LEAD, parser._reasoning_call_open),
+            (_REASONING, parser._reasoning_call_open),
+            (_CONTENT, parser._content_call_open),
+        ):
+            sections[state] |= stray_tags()
+            sections[state][TOOL_CALL_OPEN] = call_open
+    by_state: dict[State, Mapping[str, Handler]] = {**sections, **CALL_HANDLERS}
+    return tuple(tag_table(by_state.get(state, {})) for state in State)
 
 
 _TABLES_WITH_TOOLS = _tables(True)

@@ -204,7 +204,7 @@ def _members(
 
 
 def enum_members(schema: object, root: object = None) -> tuple[Any, ...] | None:
-    """The values an ``enum``/``const`` schema lists (through ``$ref`` and unions), else ``None``."""
+    """The values an ``enum``/``const`` schema lists (through ``$ref`` and unions), or ``None``."""
     if not isinstance(schema, Mapping):
         return None
     return _members(schema, schema if root is None else root, frozenset(), 0)

@@ -173,8 +173,8 @@ def check_events(events: list[ParseEvent], *, tools_offered: bool) -> None:
             case ToolCallEnd(index):
                 assert index in started and index not in ended
                 ended.add(index)
-        if tools_offered:
-            texts = [getattr(event, name, "") for name in ("text", "name", "fragment")]
+        if tools_offered:  # (a value's own text may mention tags: FORMAT.md 2b)
+            texts = [getattr(event, name, "") for name in ("text", "name")]
             assert not any(tag in text for text in texts for tag in TOOL_TAGS), event
         else:
             assert not started
