@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 from urllib.parse import unquote
 
-__all__ = ["UNRESOLVED", "follow_refs", "resolve_ref"]
+__all__ = ["UNRESOLVED", "follow_refs", "object_schema", "resolve_ref"]
 
 
 class _Unresolved:
@@ -75,3 +75,11 @@ def follow_refs(schema: object, root: object) -> object:
         seen.add(ref)
         schema = resolve_ref(ref, root)
     return schema
+
+
+def object_schema(parameters: object) -> object:
+    """The schema that holds a tool's ``properties``: ``parameters``, or what its root ``$ref``
+    points at when it has none of its own."""
+    if isinstance(parameters, Mapping) and "properties" in parameters:
+        return parameters
+    return follow_refs(parameters, parameters)

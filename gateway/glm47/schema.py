@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring
 from typing import Any, NamedTuple
 
-from .refs import UNRESOLVED, follow_refs, resolve_ref
+from .refs import UNRESOLVED, object_schema, resolve_ref
 
 __all__ = [
     "Param",
@@ -60,6 +60,7 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 
 # One exact JSON string literal, nothing around it (the nullable-string rule).
 JSON_STRING_LITERAL = re.compile(r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"')
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # The model sometimes escapes a whole JSON value as if it were inside a string.
 _ESCAPED = re.compile(r'\\([\\"])')
 
@@ -182,6 +183,8 @@ def _members(
     enum = schema.get("enum")
     if isinstance(enum, Sequence) and not isinstance(enum, str) and enum:
         return tuple(enum)
+    if schema.get("type") == "null":
+        return (None,)  # (how pydantic writes the None of an Optional[SomeEnum])
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref not in seen and depth <= _MAX_DEPTH:
         target = resolve_ref(ref, root)
@@ -277,7 +280,14 @@ def _encode(value: Any) -> str:
         return "false"
     if type(value) is int:
         return int.__repr__(value)
-    return _ENCODER.encode(value)
+    return _utf8_safe(_ENCODER.encode(value))
+
+
+def _utf8_safe(text: str) -> str:
+    """A lone surrogate (a JSON ``\\ud83d`` without its pair) stays escaped: UTF-8 has none."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def encode_value(
@@ -314,7 +324,7 @@ def encode_nullable(text: str) -> str:
     if text == "null":
         return "null"
     if JSON_STRING_LITERAL.fullmatch(text):
-        return encode_basestring(json.loads(text))
+        return _utf8_safe(encode_basestring(json.loads(text)))
     return encode_basestring(text)
 
 
@@ -352,7 +362,7 @@ class ToolSchemas:
             if not isinstance(name, str) or name in index:
                 continue
             root = function.get("parameters")
-            parameters = follow_refs(root, root)
+            parameters = object_schema(root)
             properties: object = None
             required: object = None
             if isinstance(parameters, Mapping):
