@@ -1,9 +1,11 @@
 """CPU cost of the GLM-4.7 output parser (``python bench/parser_bench.py``).
 
 Cases: one 64 KiB ``write_file`` argument streamed in 4-character chunks (target < 0.1 s), 1 MiB of
-many tool calls in 4-character chunks (target < 0.5 s), and a 1 MiB reasoning + content corpus fed
-whole and one character at a time. Each number is the median CPU time (``time.process_time``) of 5
-runs of the streaming path: a parser is created, fed every chunk and finished, its events collected.
+many tool calls in 4-character chunks (target < 0.5 s), a 1 MiB reasoning + content corpus fed
+whole and one character at a time, the argument at 256 KiB (linear: about 4x the 64 KiB one), and
+a 64 KiB argument whose every line mentions the format's tags (FORMAT.md 2b). Each number is the
+median CPU time (``time.process_time``) of 5 runs of the streaming path: a parser is created, fed
+every chunk and finished, its events collected.
 Before timing, each case is checked: folded with ``MessageAccumulator``, the chunked events must
 give the same message as the whole text.
 """
@@ -37,6 +39,11 @@ TOOLS: list[dict[str, Any]] = json.loads(
 )
 
 _CODE_LINE = "if (a < b && s == \"x\") { return f<T>('漢字\\n', 😀); } // #{i}\n"
+# A file about the format itself: every tag as text, each held until what follows decides.
+_TAG_LINE = (
+    "Close with </arg_value> or </tool_call>; keys: <arg_key>k{i}</arg_key> then <arg_value>, "
+    "calls: <tool_call>, thinking: <think></think>\n"
+)
 _PROSE = (
     "The user wants the weather in Paris for three days; I should call get_weather with "
     "city=Paris and days=3, then summarise. Note: 2 < 3 and <b>bold</b> is HTML. 北京 😀\n"
@@ -55,8 +62,8 @@ def _repeat_to(unit: Callable[[int], str], size: int) -> str:
     return "".join(parts)
 
 
-def write_file_output(size: int = 64 * KIB) -> str:
-    body = _repeat_to(lambda i: _CODE_LINE.replace("{i}", str(i)), size)
+def write_file_output(size: int = 64 * KIB, line: str = _CODE_LINE) -> str:
+    body = _repeat_to(lambda i: line.replace("{i}", str(i)), size)
     return (
         "I will write the file.</think><tool_call>write_file<arg_key>path</arg_key>"
         f"<arg_value>src/app.ts</arg_value><arg_key>content</arg_key><arg_value>{body}"
@@ -149,6 +156,9 @@ def cases() -> list[Case]:
         Case("1 MiB of many calls", many_calls_output(), 4, 0.5),
         Case("1 MiB reasoning+content", prose, 0),
         Case("1 MiB reasoning+content", prose, 1),
+        # Linearity (4x the first case) and the holds of FORMAT.md 2b (tag text in a value).
+        Case("write_file 256 KiB argument", write_file_output(256 * KIB), 4, 0.4),
+        Case("64 KiB argument, tag text", write_file_output(line=_TAG_LINE), 4, 0.1),
     ]
 
 

@@ -29,7 +29,9 @@ class ToolCallStart:
 
 @dataclass(frozen=True, slots=True)
 class ToolCallArguments:
-    """A fragment of the call's ``arguments`` JSON text; fragments concatenate to the whole."""
+    """A fragment of the call's ``arguments`` JSON text; fragments concatenate to the whole.
+
+    A value's own text may mention the format's tags (a file about it); structure never shows."""
 
     index: int
     fragment: str
@@ -37,7 +39,9 @@ class ToolCallArguments:
 
 @dataclass(frozen=True, slots=True)
 class ToolCallEnd:
-    """The call's ``</tool_call>`` arrived. A call that never ends is dropped from the result."""
+    """The call ended: its ``</tool_call>``, or at a stop the end of the output (FORMAT.md 2b.6).
+
+    A call that never ends is dropped from the result."""
 
     index: int
 

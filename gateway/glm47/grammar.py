@@ -19,11 +19,14 @@ follows: free text cannot end with a proper prefix of a tag (such as a lone ``<`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import tokens
+from .refs import UNRESOLVED, object_schema, resolve_ref
+from .schema import JSON_STRING_LITERAL, allowed_types, enum_members, is_string_only
 
 # The tags the parser treats as markup inside a tool call (see parser.py).
 TOOL_TAGS: tuple[str, ...] = (
@@ -44,7 +47,8 @@ _JSON_RULES = {
     "hex": "[0-9a-fA-F]",
     # Digits are bounded: small models otherwise emit digits until the token limit.
     "json-integer": '"-"? ("0" | [1-9] [0-9]{0,15})',
-    "json-number": 'json-integer ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})?',
+    # (and the exponent: 1e999 is no float, the parser would keep it as a string)
+    "json-number": 'json-integer ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,2})?',
     "json-boolean": '"true" | "false"',
     "json-null": '"null"',
     "json-value": "json-object | json-array | json-string | json-number | json-boolean | json-null",
@@ -88,23 +92,44 @@ class GrammarBuilder:
     """Collects named rules; identical definitions share one name."""
 
     rules: dict[str, str] = field(default_factory=dict)
+    # Tags a JSON string may not contain: inside a tool call's arguments, the tool tags.
+    string_without: tuple[str, ...] = ()
     _by_body: dict[str, str] = field(default_factory=dict)
+    _refs: dict[tuple[int, str], str] = field(default_factory=dict)
+    _expanding: dict[tuple[int, str], int] = field(default_factory=dict)
+    _level: int = 0  # objects and arrays entered: a $ref met again deeper is a productive cycle
 
     def add(self, name: str, body: str) -> str:
         existing = self._by_body.get(body)
         if existing is not None:
             return existing
-        unique, n = name, 1
-        while unique in self.rules:
-            n += 1
-            unique = f"{name}-{n}"
+        unique = self._reserve(name)
         self.rules[unique] = body
         self._by_body[body] = unique
         return unique
 
+    def _reserve(self, name: str) -> str:
+        unique, n = name, 1
+        while unique in self.rules:
+            n += 1
+            unique = f"{name}-{n}"
+        self.rules[unique] = "json-value"  # (a placeholder until the body is known)
+        return unique
+
     def json_base(self) -> None:
+        if "json-string" in self.rules:
+            return
         for name, body in _JSON_RULES.items():
-            self.rules.setdefault(name, body)
+            if name != "json-char" or not self.string_without:
+                self.rules.setdefault(name, body)
+        if self.string_without:
+            # The parser would end a value at a tag in a JSON string that its position made
+            # structural (FORMAT.md 2b), so such strings cannot hold the tags at all.
+            chars = self.text_without(
+                self.string_without, "json-chars", exclude=r'"\\\x00-\x1f', escape="json-escape"
+            )
+            self.rules["json-escape"] = r'"\\" (["\\/bfnrt] | "u" hex hex hex hex)'
+            self.rules["json-string"] = rf'"\"" {chars} "\""'
 
     def render(self, root: str) -> str:
         lines = [f"root ::= {root}"]
@@ -113,8 +138,14 @@ class GrammarBuilder:
 
     # -- free text -------------------------------------------------------------------------
 
-    def text_without(self, tags: Iterable[str], name: str = "text") -> str:
-        """Rule for any text (possibly empty) that contains none of ``tags``."""
+    def text_without(
+        self, tags: Iterable[str], name: str = "text", *, exclude: str = "", escape: str = ""
+    ) -> str:
+        """Rule for any text (possibly empty) that contains none of ``tags``.
+
+        ``exclude``: characters (GBNF class syntax) the text may not hold either; ``escape``: a
+        rule that may stand for a character anywhere (a JSON escape).
+        """
         suffixes = sorted({t[1:] for t in tags})
         for tag in suffixes:
             if not tag or "<" in tag:
@@ -128,9 +159,12 @@ class GrammarBuilder:
 
         restart = f"{name}-lt"
 
+        escapes = [escape] if escape else []
+
         def node_rule(node: dict[str, Any], path: str) -> str:
             excluded = "<" + "".join(node)
-            alternatives = [f"[^{''.join(_class_char(c) for c in excluded)}]", f'"<" {restart}']
+            leave = f"[^{exclude}{''.join(_class_char(c) for c in excluded)}]"
+            alternatives = [leave, *escapes, f'"<" {restart}']
             for ch, child in sorted(node.items()):
                 if child is None:
                     continue  # completing a tag is never allowed
@@ -143,15 +177,25 @@ class GrammarBuilder:
             return self.add(rule_name, " | ".join(alternatives))
 
         node_rule(trie, "")
-        return self.add(name, f'( [^<] | "<" {restart} )*')
+        plain = " | ".join([f"[^<{exclude}]", *escapes, f'"<" {restart}'])
+        return self.add(name, f"( {plain} )*")
 
     # -- JSON by schema --------------------------------------------------------------------
 
-    def json_for(self, schema: Any, depth: int = 0) -> str:
-        """Rule for a JSON value valid against ``schema`` (the common subset of JSON Schema)."""
+    def json_for(self, schema: Any, depth: int = 0, root: Any = None) -> str:
+        """Rule for a JSON value valid against ``schema`` (the common subset of JSON Schema).
+
+        A ``$ref`` is resolved in ``root`` (by default ``schema``) and becomes a rule of its own,
+        so a recursive schema gives a recursive rule.
+        """
         self.json_base()
+        if root is None:
+            root = schema
         if depth > _MAX_DEPTH or not isinstance(schema, Mapping) or not schema:
             return "json-value"
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            return self._ref(ref, root, depth)
         if "const" in schema:
             return self.add("json-const", literal(_dumps(schema["const"])))
         if "enum" in schema and isinstance(schema["enum"], list) and schema["enum"]:
@@ -160,19 +204,21 @@ class GrammarBuilder:
         for key in ("anyOf", "oneOf"):
             options = schema.get(key)
             if isinstance(options, list) and options:
-                body = " | ".join(self.json_for(o, depth + 1) for o in options)
+                body = " | ".join(self.json_for(o, depth + 1, root) for o in options)
                 return self.add("json-union", body)
         allof = schema.get("allOf")
         if isinstance(allof, list) and len(allof) == 1:
-            return self.json_for(allof[0], depth + 1)
+            return self.json_for(allof[0], depth + 1, root)
         kind = schema.get("type")
         if isinstance(kind, list):
-            body = " | ".join(self.json_for({**schema, "type": k}, depth + 1) for k in kind)
+            body = " | ".join(self.json_for({**schema, "type": k}, depth + 1, root) for k in kind)
             return self.add("json-types", body)
         if kind == "object" or (kind is None and "properties" in schema):
-            return self._object(schema, depth)
+            return self._object(schema, depth, root)
         if kind == "array":
-            item = self.json_for(schema.get("items", {}), depth + 1)
+            self._level += 1
+            item = self.json_for(schema.get("items", {}), depth + 1, root)
+            self._level -= 1
             body = f'"[" ws ( {item} ( ws "," ws {item} )* )? ws "]"'
             return self.add("json-array-of", body)
         return {
@@ -183,19 +229,38 @@ class GrammarBuilder:
             "null": "json-null",
         }.get(str(kind), "json-value")
 
-    def _object(self, schema: Mapping[str, Any], depth: int) -> str:
+    def _ref(self, ref: str, root: Any, depth: int) -> str:
+        key = (id(root), ref)
+        name = self._refs.get(key)
+        if name is not None:
+            # Met again before any object or array: a cycle that never produces a value.
+            return "json-value" if self._expanding.get(key) == self._level else name
+        target = resolve_ref(ref, root)
+        if target is UNRESOLVED:
+            return "json-value"
+        base = re.sub(r"[^a-zA-Z0-9]+", "-", ref.rsplit("/", 1)[-1]).strip("-").lower()
+        name = self._reserve(f"ref-{base or 'root'}")
+        self._refs[key] = name
+        self._expanding[key] = self._level
+        self.rules[name] = self.json_for(target, depth + 1, root)
+        del self._expanding[key]
+        return name
+
+    def _object(self, schema: Mapping[str, Any], depth: int, root: Any) -> str:
         properties = schema.get("properties")
         if not isinstance(properties, Mapping) or not properties:
             return "json-object"
         required = set(schema.get("required") or ())
+        self._level += 1
         members = [
             (
                 key in required,
                 f'{literal(json.dumps(key, ensure_ascii=False))} ws ":" ws '
-                + self.json_for(sub, depth + 1),
+                + self.json_for(sub, depth + 1, root),
             )
             for key, sub in properties.items()
         ]
+        self._level -= 1
         return self.add("json-object-of", _sequence(members, '"{" ws', 'ws "}"', ' ws "," ws '))
 
 
@@ -234,31 +299,57 @@ def _reasoning_prefix(builder: GrammarBuilder, thinking: bool, extra_tags: Seque
     return f"{text} {literal(tokens.THINK_CLOSE)} "
 
 
-def _argument_value(builder: GrammarBuilder, schema: Any) -> str:
-    from .schema import allowed_types, is_string_only
+def _member_forms(members: Sequence[Any], nullable: bool) -> list[str] | None:
+    """The verbatim texts of a string-only enum's members, or ``None`` if one cannot be written."""
+    forms = []
+    for member in members:
+        if member is None and nullable:
+            forms.append(literal("null"))
+        elif not isinstance(member, str) or "<" in member:
+            return None  # (tag text or a cut tag inside a raw value: left to the raw rule)
+        elif nullable and (member == "null" or JSON_STRING_LITERAL.fullmatch(member)):
+            forms.append(literal(_dumps(member)))  # written raw, it would be typed again
+        else:
+            forms.append(literal(member))
+    return forms
 
+
+def _argument_value(builder: GrammarBuilder, schema: Any, root: Any) -> str:
+    """A value as the parser types it (``schema.py``): raw text for a string-only parameter,
+    otherwise JSON of the schema, and raw text too where every way it types is allowed."""
     raw = builder.text_without(TOOL_TAGS, "raw-text")
-    types = allowed_types(schema)
+    types = allowed_types(schema, root)
+    members = enum_members(schema, root)
     if is_string_only(types):
-        return raw
-    value = builder.json_for(schema)
-    if types is None or "string" in types:
-        # The parser keeps a value that does not decode as a string.
+        assert types is not None
+        forms = None if members is None else _member_forms(members, "null" in types)
+        return builder.add("arg-enum", " | ".join(forms)) if forms else raw
+    value = builder.json_for(schema, root=root)
+    # Raw text is kept as a string, or decodes to a type the schema allows: valid, unless the
+    # schema constrains more than the type (members, or what an object or array holds).
+    scalar_or_string = types is not None and "string" in types and not types & _CONTAINERS
+    if members is None and (value == "json-value" or scalar_or_string):
         return builder.add("arg-value", f"{value} | {raw}")
     return value
+
+
+_CONTAINERS = frozenset({"object", "array"})
 
 
 def _call_rule(builder: GrammarBuilder, tool: Mapping[str, Any]) -> str:
     function = tool.get("function") or {}
     name = str(function.get("name", ""))
-    parameters = function.get("parameters") or {}
-    properties = parameters.get("properties") if isinstance(parameters, Mapping) else None
-    required = set(parameters.get("required") or ()) if isinstance(parameters, Mapping) else set()
+    root = function.get("parameters") or {}
+    parameters = object_schema(root)  # (pydantic may put the whole model under $defs)
+    if not isinstance(parameters, Mapping):
+        parameters = {}
+    properties = parameters.get("properties")
+    required = set(parameters.get("required") or ())
     members: list[tuple[bool, str]] = []
     if isinstance(properties, Mapping):
         for key, sub in properties.items():
             opening = tokens.ARG_KEY_OPEN + key + tokens.ARG_KEY_CLOSE + tokens.ARG_VALUE_OPEN
-            value = _argument_value(builder, sub)
+            value = _argument_value(builder, sub, root)
             body = f"{literal(opening)} {value} {literal(tokens.ARG_VALUE_CLOSE)}"
             members.append((key in required, body))
     args = _sequence(members, "", "", " ").strip() if members else ""
@@ -273,7 +364,7 @@ def tool_call_grammar(
     """Output that is (optional reasoning, then) one or more GLM tool calls of ``tools``."""
     if not tools:
         raise ValueError("a tool-call grammar needs at least one tool")
-    builder = GrammarBuilder()
+    builder = GrammarBuilder(string_without=TOOL_TAGS)
     calls = builder.add("any-call", " | ".join(_call_rule(builder, t) for t in tools))
     repeat = f"{calls}+" if parallel else calls
     return builder.render(_reasoning_prefix(builder, thinking, TOOL_TAGS[:1]) + repeat)

@@ -1,140 +1,64 @@
 """Incremental parser for GLM-4.7 output: reasoning, content and OpenAI tool calls.
 
-``GLM47Parser`` is a pure state machine (FORMAT.md sections 2 and 3). Feed it the model's text in
-chunks of any size; each ``feed`` returns the events that text settles, ``finish`` returns the rest.
-Folding every event with ``MessageAccumulator`` gives the same message for every chunking, and the
-work per chunk is proportional to the chunk.
+``GLM47Parser`` is a pure state machine (FORMAT.md sections 2, 2b and 3). Feed it the model's
+text in chunks of any size; each ``feed`` returns the events that text settles, ``finish`` returns
+the rest. Folding every event with ``MessageAccumulator`` gives the same message for every
+chunking, and the work per chunk is proportional to the chunk.
 
-How it works. The parser is always in one ``_State``. Each state recognizes a fixed set of
-tags (its ``_TagTable``); text between tags goes to the state's sink (reasoning, content, the call's
-name, the current key, a streamed string value, a buffered JSON value, or nowhere for whitespace
-between tags). A ``<`` that may still begin one of the state's tags at the end of a chunk is held
-back (at most a tag's length); once it cannot, it is ordinary text. Tags never reach an event.
+How it works. The parser is always in one ``State``. Each state recognizes a fixed set of tags
+and maps each to a handler (its ``TagTable``); text between tags goes to the state's sink
+(reasoning, content, the call's name, the current key, a value, a pending decision, or nowhere).
+A ``<`` that may still begin one of the state's tags at the end of a chunk is held back (at most
+a tag's length); once it cannot, it is ordinary text. Structural tags never reach an event.
 
-With tools offered the six tool tags are markup everywhere, so no event ever carries one; without
-tools they are plain text. Malformed markup is repaired, never raised on: a stray tag outside its
-place is dropped; a missing ``</arg_key>``/``</arg_value>``/``</tool_call>`` is implied by the next
-tag that needs it (``<arg_value>``, ``<arg_key>``, ``<tool_call>``); a key without a value is
-dropped; a ``<tool_call>`` inside a call whose name is not complete yet starts over. Every call
-announced by ``ToolCallStart`` thus ends with valid JSON arguments, unless the output stops inside.
-``</think>`` ends the reasoning once; afterwards it is text like any other.
+Text can change the state (the first text after ``</arg_key>`` opens a value; the first
+non-whitespace text after a candidate closing tag makes it data). Every such state's table holds
+every tag of the state it may change into, so the scan never skips a ``<`` that the new state
+would recognize, and after such a change the scan looks at the next ``<`` again.
+
+Outside values, malformed markup is repaired, never raised on (FORMAT.md 2b.5): a stray tag is
+dropped; a missing ``</arg_key>`` is implied by ``<arg_value>``, a missing ``<arg_value>`` by
+text, a missing ``<arg_key>`` by ``</arg_key>`` after the name, a missing ``</tool_call>`` by
+``<tool_call>``. ``arguments.py`` has the calls and values. ``</think>`` ends the reasoning once;
+afterwards it is text like any other.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import Any
 
-from gateway.glm47.events import (
-    ContentDelta,
-    ParseEvent,
-    ReasoningDelta,
-    ToolCallArguments,
-    ToolCallEnd,
-    ToolCallStart,
-)
-from gateway.glm47.schema import ToolSchemas, encode_string, encode_value, is_string_only
-from gateway.glm47.tokens import (
-    ARG_KEY_CLOSE,
-    ARG_KEY_OPEN,
-    ARG_VALUE_CLOSE,
-    ARG_VALUE_OPEN,
-    THINK_CLOSE,
-    THINK_OPEN,
-    TOOL_CALL_CLOSE,
-    TOOL_CALL_OPEN,
-)
+from gateway.glm47.arguments import CallArguments
+from gateway.glm47.events import ContentDelta, ParseEvent, ReasoningDelta, ToolCallArguments
+from gateway.glm47.schema import ToolSchemas, encode_string
+from gateway.glm47.state import CALL_STATES, PENDING_STATES, VALUE_STATES, State
+from gateway.glm47.tables import CALL_HANDLERS, KEY_LEN, Handler, TagTable, stray_tags, tag_table
+from gateway.glm47.tokens import THINK_CLOSE, THINK_OPEN, TOOL_CALL_OPEN
 
 __all__ = ["GLM47Parser"]
 
-
-class _State(IntEnum):
-    """Where the parser is. (An ``IntEnum`` so that it indexes the tag tables cheaply.)"""
-
-    LEAD = 0  # thinking on, nothing but whitespace yet: a ``<think>`` here is dropped
-    REASONING = 1
-    CONTENT = 2
-    CALL_NAME = 3  # after <tool_call>, collecting the name
-    ARG_KEY = 4  # after <arg_key>, collecting the key
-    BEFORE_VALUE = 5  # after </arg_key>, waiting for <arg_value>
-    STRING_VALUE = 6  # inside a verbatim string value: streamed as JSON-escaped pieces
-    JSON_VALUE = 7  # inside any other value: buffered, decoded at </arg_value>
-    BETWEEN_ARGS = 8  # after </arg_value>, waiting for <arg_key> or </tool_call>
-    DONE = 9  # finish() was called
-
-
-# Plain module globals: ``_State.X`` is a slow class attribute lookup on Python 3.11.
-_LEAD = _State.LEAD
-_REASONING = _State.REASONING
-_CONTENT = _State.CONTENT
-_CALL_NAME = _State.CALL_NAME
-_ARG_KEY = _State.ARG_KEY
-_BEFORE_VALUE = _State.BEFORE_VALUE
-_STRING_VALUE = _State.STRING_VALUE
-_JSON_VALUE = _State.JSON_VALUE
-_BETWEEN_ARGS = _State.BETWEEN_ARGS
-_DONE = _State.DONE
-
-_KEY_LEN = 7  # every tag is at least this long, and their first 7 characters are all different
-_TOOL_TAGS = (
-    TOOL_CALL_OPEN,
-    TOOL_CALL_CLOSE,
-    ARG_KEY_OPEN,
-    ARG_KEY_CLOSE,
-    ARG_VALUE_OPEN,
-    ARG_VALUE_CLOSE,
-)
-
-
-class _TagTable(NamedTuple):
-    by_key: dict[str, str]  # the first _KEY_LEN characters of a tag -> the tag
-    prefixes: frozenset[str]  # every proper prefix of a tag: a tag may still follow
-    longest: int  # the longest tag's length
-
-
-def _table(*tags: str) -> _TagTable | None:
-    if not tags:
-        return None
-    assert all(len(tag) >= _KEY_LEN for tag in tags)
-    by_key = {tag[:_KEY_LEN]: tag for tag in tags}
-    assert len(by_key) == len(tags)
-    prefixes = frozenset(tag[:n] for tag in tags for n in range(1, len(tag)))
-    return _TagTable(by_key, prefixes, max(map(len, tags)))
-
-
-def _tables(tools: bool) -> tuple[_TagTable | None, ...]:
-    tool_tags = _TOOL_TAGS if tools else ()
-    in_call = _table(*_TOOL_TAGS)
-    by_state = {
-        _LEAD: _table(THINK_OPEN, THINK_CLOSE, *tool_tags),
-        _REASONING: _table(THINK_CLOSE, *tool_tags),
-        _CONTENT: _table(*tool_tags),
-        _DONE: None,
-    }
-    return tuple(by_state.get(state, in_call) for state in _State)
-
+# Plain module globals: ``State.X`` is a slow class attribute lookup on Python 3.11.
+_LEAD = State.LEAD
+_REASONING = State.REASONING
+_CONTENT = State.CONTENT
+_CALL_NAME = State.CALL_NAME
+_ARG_KEY = State.ARG_KEY
+_BEFORE_VALUE = State.BEFORE_VALUE
+_STRING_VALUE = State.STRING_VALUE
+_NULLABLE_VALUE = State.NULLABLE_VALUE
+_JSON_VALUE = State.JSON_VALUE
+_AFTER_VALUE_CLOSE = State.AFTER_VALUE_CLOSE
+_AFTER_CALL_CLOSE = State.AFTER_CALL_CLOSE
+_DONE = State.DONE
 
 _SPACES = re.compile(r"\s*")  # what str.strip() strips (Py_UNICODE_ISSPACE)
-
-_TABLES_WITH_TOOLS = _tables(True)
-_TABLES_WITHOUT_TOOLS = _tables(False)
-
 _COLLECTING = frozenset({_CALL_NAME, _ARG_KEY, _JSON_VALUE})  # the states whose text goes to _buf
-_CALL_STATES = frozenset(
-    {
-        _CALL_NAME,
-        _ARG_KEY,
-        _BEFORE_VALUE,
-        _STRING_VALUE,
-        _JSON_VALUE,
-        _BETWEEN_ARGS,
-    }
-)
+_SECTIONS = frozenset({_LEAD, _REASONING, _CONTENT})
+_CALL_STRUCTURE = CALL_STATES - VALUE_STATES - PENDING_STATES  # in a call, outside a value
 
 
-class GLM47Parser:
+class GLM47Parser(CallArguments):
     """Splits one response's raw GLM-4.7 output into parse events, incrementally.
 
     ``thinking``: the prompt opened ``<think>``, so the output starts inside the reasoning.
@@ -142,38 +66,15 @@ class GLM47Parser:
     ``None`` when ``tool_choice`` is ``"none"``).
     """
 
-    __slots__ = (
-        "_buf",
-        "_call_index",
-        "_call_name",
-        "_events",
-        "_held",
-        "_key",
-        "_nargs",
-        "_schemas",
-        "_state",
-        "_tables",
-        "_text_started",
-        "_types",
-        "_ws",
-    )
+    __slots__ = ("_held", "_tables", "_text_started", "_ws")
 
     def __init__(self, *, thinking: bool, tools: Sequence[Mapping[str, Any]] | None) -> None:
-        self._state = _LEAD if thinking else _CONTENT
+        super().__init__(ToolSchemas(tools), _LEAD if thinking else _CONTENT)
         self._tables = _TABLES_WITH_TOOLS if tools else _TABLES_WITHOUT_TOOLS
-        self._schemas = ToolSchemas(tools)
         self._held = ""  # the start of a tag, still incomplete at the end of the last chunk
-        self._events: list[ParseEvent] = []
         # The current text section (reasoning, then content): stripped across the whole stream.
         self._text_started = False  # a non-whitespace character was emitted
         self._ws: list[str] = []  # trailing whitespace, held until more text of the section comes
-        # The current tool call.
-        self._call_index = 0  # index of the next call to start
-        self._call_name = ""
-        self._nargs = 0  # arguments opened so far
-        self._key = ""
-        self._types: frozenset[str] | None = None  # JSON types the open value's schema allows
-        self._buf: list[str] = []  # name, key or JSON value being collected (as the state says)
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -207,12 +108,17 @@ class GLM47Parser:
             j = text.find("<", pos)
             if j < 0:
                 break
-            tag = table.by_key.get(text[j : j + _KEY_LEN])
+            tag = table.by_key.get(text[j : j + KEY_LEN])
             if tag is not None and text.startswith(tag, j):
                 if j > start:
+                    state = self._state
                     self._text(text[start:j])
+                    if self._state is not state:  # the text decided: look at this tag again
+                        start = pos = j
+                        table = tables[self._state]
+                        continue
                 start = pos = j + len(tag)
-                _ON_TAG[tag](self)
+                table.handlers[tag](self)
                 table = tables[self._state]
                 continue
             if n - j < table.longest and text[j:] in table.prefixes:
@@ -224,23 +130,46 @@ class GLM47Parser:
             self._held = text[held_at:]
             end = held_at
         if start < end:
+            state = self._state
             self._text(text[start:end] if start or end < n else text)
+            if held_at >= 0 and self._state is not state:
+                self._release_held()
         return events
 
-    def finish(self) -> list[ParseEvent]:
-        """End of output: release a held partial tag as text; an unclosed call gets no end."""
+    def finish(self, *, truncated: bool = False) -> list[ParseEvent]:
+        """End of output. ``truncated``: the token limit cut it (FORMAT.md 2b.6 and 2b.7).
+
+        Held text that might have become a tag is dropped after the limit, text otherwise. A call
+        left open is kept only after a stop and between arguments, with its required arguments.
+        """
         events: list[ParseEvent] = []
         self._events = events
         state = self._state
         if state is _DONE:
             return events
-        if self._held and state not in _CALL_STATES:
-            self._text(self._held)
+        held = self._held
         self._held = ""
+        if state in PENDING_STATES:  # the end of the output decides
+            if state is _AFTER_VALUE_CLOSE:
+                self._finish_value()
+            elif state is _AFTER_CALL_CLOSE:
+                self._value_ends_next_call()
+                self._state = _CONTENT
+            else:  # a key inside a value that no <arg_value> followed
+                self._to_data()
+            state = self._state
+        if state in _SECTIONS:
+            if held and not truncated:
+                self._text(held)
+        elif state in _CALL_STRUCTURE and not truncated and self._keep_at_end(held):
+            self._close_call()
         self._ws.clear()
         self._buf.clear()
+        self._pend.clear()
         self._state = _DONE
         return events
+
+    # -- scanning ---------------------------------------------------------------------------------
 
     def _lead(self, text: str) -> int:
         """Start of the output, thinking on: skip whitespace and the tags that may come first.
@@ -259,10 +188,10 @@ class GLM47Parser:
                 return n
             if text[pos] != "<":
                 break
-            tag = table.by_key.get(text[pos : pos + _KEY_LEN])
+            tag = table.by_key.get(text[pos : pos + KEY_LEN])
             if tag is not None and text.startswith(tag, pos):
                 pos += len(tag)
-                _ON_TAG[tag](self)  # <think> is dropped; a stray tool tag too
+                table.handlers[tag](self)  # <think> is dropped; a stray tool tag too
                 if self._state is not _LEAD:
                     return pos
                 continue
@@ -273,6 +202,14 @@ class GLM47Parser:
         self._state = _REASONING
         return pos
 
+    def _release_held(self) -> None:
+        """The state changed under a held partial tag: keep it only if it may still be one."""
+        table = self._tables[self._state]
+        held = self._held
+        if table is None or held not in table.prefixes:
+            self._held = ""
+            self._text(held)
+
     def _text(self, text: str) -> None:
         """Hand text between tags to the current state's sink."""
         state = self._state
@@ -282,11 +219,17 @@ class GLM47Parser:
             self._buf.append(text)
         elif state is _CONTENT or state is _REASONING:
             self._section_text(text)
+        elif state is _NULLABLE_VALUE:
+            self._nullable_text(text)
+        elif state in PENDING_STATES:
+            self._pending_text(text)
+        elif state is _BEFORE_VALUE:
+            self._before_value_text(text)
         elif state is _LEAD:
             self._section_text(text)
             if self._text_started:
                 self._state = _REASONING
-        # BEFORE_VALUE, BETWEEN_ARGS: whitespace (or stray text) between tags is ignored.
+        # BETWEEN_ARGS, SKIP_VALUE: dropped.
 
     def _section_text(self, text: str) -> None:
         """Reasoning or content text, stripped of surrounding whitespace across the stream."""
@@ -311,121 +254,48 @@ class GLM47Parser:
         else:
             self._events.append(ReasoningDelta(core))
 
-    # -- tags -------------------------------------------------------------------------------------
+    # -- tags of the text sections ----------------------------------------------------------------
 
-    # A complete tag the current state recognizes (see ``_ON_TAG``); one out of place is dropped.
-
-    def _on_tool_call_open(self) -> None:
-        state = self._state
-        if state is _LEAD or state is _REASONING:
-            self._end_reasoning()
-        elif state in _CALL_STATES and state is not _CALL_NAME:
-            self._close_call()  # the model forgot </tool_call>
-        self._buf.clear()  # (in CALL_NAME: a name not yet announced is discarded)
+    def _reasoning_call_open(self) -> None:  # a call before </think> ends the reasoning (T16)
+        self._end_reasoning()
         self._state = _CALL_NAME
 
-    def _on_tool_call_close(self) -> None:
-        if self._state in _CALL_STATES:
-            self._close_call()
-            self._state = _CONTENT
+    def _content_call_open(self) -> None:
+        self._state = _CALL_NAME
 
-    def _on_arg_key_open(self) -> None:
-        state = self._state
-        if state is _CALL_NAME:
-            self._start_call()
-        elif state is _STRING_VALUE or state is _JSON_VALUE:
-            self._emit_args(self._close_value())  # the model forgot </arg_value>
-        elif state not in _CALL_STATES:
-            return
-        self._buf.clear()  # (in ARG_KEY/BEFORE_VALUE: the unfinished key is discarded)
-        self._state = _ARG_KEY
-
-    def _on_arg_key_close(self) -> None:
-        if self._state is _ARG_KEY:
-            self._end_key()
-
-    def _on_arg_value_open(self) -> None:
-        state = self._state
-        if state is _ARG_KEY:
-            self._end_key()
-            self._open_value()
-        elif state is _BEFORE_VALUE:
-            self._open_value()
-
-    def _on_arg_value_close(self) -> None:
-        state = self._state
-        if state is _STRING_VALUE or state is _JSON_VALUE:
-            self._emit_args(self._close_value())
-            self._state = _BETWEEN_ARGS
-
-    def _on_think_close(self) -> None:  # only recognized before the reasoning ended
+    def _think_close(self) -> None:  # only recognized before the reasoning ended
         self._end_reasoning()
         self._state = _CONTENT
 
-    def _on_think_open(self) -> None:  # only recognized in LEAD: an echo of the prompt's <think>
+    def _think_open(self) -> None:  # only recognized in LEAD: an echo of the prompt's <think>
         self._state = _REASONING
 
     def _end_reasoning(self) -> None:
         self._ws.clear()
         self._text_started = False
 
-    def _emit_args(self, fragment: str) -> None:
-        self._events.append(ToolCallArguments(self._call_index - 1, fragment))
 
-    def _start_call(self) -> None:
-        """The name is complete: announce the call."""
-        self._call_name = "".join(self._buf).strip()
-        self._buf.clear()
-        self._nargs = 0
-        self._events.append(ToolCallStart(self._call_index, self._call_name))
-        self._call_index += 1
-
-    def _end_key(self) -> None:
-        self._key = "".join(self._buf).strip()
-        self._buf.clear()
-        self._state = _BEFORE_VALUE
-
-    def _open_value(self) -> None:
-        opening = "{" if self._nargs == 0 else ", "
-        self._nargs += 1
-        types = self._types = self._schemas.param_types(self._call_name, self._key)
-        if is_string_only(types):
-            self._emit_args(f'{opening}{encode_string(self._key)}: "')
-            self._state = _STRING_VALUE
-        else:
-            self._emit_args(f"{opening}{encode_string(self._key)}: ")
-            self._state = _JSON_VALUE
-
-    def _close_value(self) -> str:
-        """The JSON text that completes the open value."""
-        if self._state is _STRING_VALUE:
-            return '"'
-        value = encode_value("".join(self._buf), self._types)
-        self._buf.clear()
-        return value
-
-    def _close_call(self) -> None:
-        """``</tool_call>`` (or a ``<tool_call>`` that implies it) in any call state."""
-        state = self._state
-        if state is _CALL_NAME:
-            self._start_call()
-            closing = "{}"
-        elif state is _STRING_VALUE or state is _JSON_VALUE:
-            closing = self._close_value() + "}"
-        else:  # ARG_KEY, BEFORE_VALUE (an unfinished key is dropped), BETWEEN_ARGS
-            self._buf.clear()
-            closing = "}" if self._nargs else "{}"
-        self._emit_args(closing)
-        self._events.append(ToolCallEnd(self._call_index - 1))
+# -- the tag tables (those of a call are in tables.py) ---------------------------------------------
 
 
-_ON_TAG = {
-    THINK_OPEN: GLM47Parser._on_think_open,
-    THINK_CLOSE: GLM47Parser._on_think_close,
-    TOOL_CALL_OPEN: GLM47Parser._on_tool_call_open,
-    TOOL_CALL_CLOSE: GLM47Parser._on_tool_call_close,
-    ARG_KEY_OPEN: GLM47Parser._on_arg_key_open,
-    ARG_KEY_CLOSE: GLM47Parser._on_arg_key_close,
-    ARG_VALUE_OPEN: GLM47Parser._on_arg_value_open,
-    ARG_VALUE_CLOSE: GLM47Parser._on_arg_value_close,
-}
+def _tables(tools: bool) -> tuple[TagTable | None, ...]:
+    parser = GLM47Parser
+    sections: dict[State, dict[str, Handler]] = {
+        _LEAD: {THINK_OPEN: parser._think_open, THINK_CLOSE: parser._think_close},
+        _REASONING: {THINK_CLOSE: parser._think_close},
+        _CONTENT: {},
+    }
+    if tools:  # (outside a call, every tool tag but <tool_call> is stray)
+        for state, call_open in (
+            (_LEAD, parser._reasoning_call_open),
+            (_REASONING, parser._reasoning_call_open),
+            (_CONTENT, parser._content_call_open),
+        ):
+            sections[state] |= stray_tags()
+            sections[state][TOOL_CALL_OPEN] = call_open
+    by_state: dict[State, Mapping[str, Handler]] = {**sections, **CALL_HANDLERS}
+    return tuple(tag_table(by_state.get(state, {})) for state in State)
+
+
+_TABLES_WITH_TOOLS = _tables(True)
+_TABLES_WITHOUT_TOOLS = _tables(False)

@@ -50,13 +50,17 @@ TOOL_TAGS = TAGS[2:]
 
 
 def parse_events(
-    chunks: Iterable[str], *, thinking: bool, tools: Sequence[Mapping[str, Any]] | None
+    chunks: Iterable[str],
+    *,
+    thinking: bool,
+    tools: Sequence[Mapping[str, Any]] | None,
+    finish: str = "stop",
 ) -> list[ParseEvent]:
     parser = GLM47Parser(thinking=thinking, tools=tools)
     events: list[ParseEvent] = []
     for chunk in chunks:
         events.extend(parser.feed(chunk))
-    events.extend(parser.finish())
+    events.extend(parser.finish(truncated=finish == "length"))
     return events
 
 
@@ -72,8 +76,9 @@ def parse(
     *,
     thinking: bool = True,
     tools: Sequence[Mapping[str, Any]] | None = TOOLS,
+    finish: str = "stop",
 ) -> ParsedMessage:
-    return fold(parse_events(chunks, thinking=thinking, tools=tools))
+    return fold(parse_events(chunks, thinking=thinking, tools=tools, finish=finish))
 
 
 def finish_reason(engine_finish: str, message: ParsedMessage) -> str:
@@ -123,30 +128,34 @@ def arg(key: str, value: str) -> str:
 CASE_IDS = [case["id"] for case in CASES]
 
 
+def options(case: Mapping[str, Any]) -> dict[str, Any]:
+    return {"thinking": case["thinking"], "tools": case["tools"], "finish": case["finish"]}
+
+
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_vector_whole(case: dict[str, Any]) -> None:
-    message = parse([case["raw"]], thinking=case["thinking"], tools=case["tools"])
+    message = parse([case["raw"]], **options(case))
     assert as_expected(message, case["finish"]) == case["expected"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_vector_one_char_at_a_time(case: dict[str, Any]) -> None:
-    message = parse(list(case["raw"]), thinking=case["thinking"], tools=case["tools"])
+    message = parse(list(case["raw"]), **options(case))
     assert as_expected(message, case["finish"]) == case["expected"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_vector_every_two_way_split(case: dict[str, Any]) -> None:
     for chunks in splits(case["raw"], 2):
-        message = parse(chunks, thinking=case["thinking"], tools=case["tools"])
+        message = parse(chunks, **options(case))
         assert as_expected(message, case["finish"]) == case["expected"], chunks
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if len(c["raw"]) < 200], ids=lambda c: c["id"])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_vector_every_three_way_split(case: dict[str, Any]) -> None:
     expected = case["expected"]
     for chunks in splits(case["raw"], 3):
-        message = parse(chunks, thinking=case["thinking"], tools=case["tools"])
+        message = parse(chunks, **options(case))
         if as_expected(message, case["finish"]) != expected:  # (assert only on failure: speed)
             assert as_expected(message, case["finish"]) == expected, chunks
 
@@ -156,14 +165,17 @@ def test_vector_every_three_way_split(case: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("case", [c for c in CASES if c["tools"]], ids=lambda c: c["id"])
 def test_stream_shape_one_char_at_a_time(case: dict[str, Any]) -> None:
-    events = parse_events(list(case["raw"]), thinking=case["thinking"], tools=case["tools"])
+    events = parse_events(list(case["raw"]), **options(case))
     started: dict[int, str] = {}
     ended: set[int] = set()
+    arguments = "".join(call["arguments"] for call in case["expected"]["tool_calls"])
     for event in events:
         for text in event_texts(event):
             assert text, event  # no empty deltas
             for tag in TAGS:
-                assert tag not in text, event
+                # Only a value's own text may hold tag text (FORMAT.md 2b), never structure.
+                data = isinstance(event, ToolCallArguments) and tag in arguments
+                assert tag not in text or data, event
         match event:
             case ToolCallStart(index, name):
                 assert index == len(started)
@@ -472,13 +484,26 @@ def test_stray_tool_tags_are_dropped_when_tools_are_offered() -> None:
 def test_missing_close_tags_are_implied() -> None:
     raw = (
         "x</think><tool_call>get_weather<arg_key>city<arg_value>Paris<arg_key>days</arg_key>"
-        "<arg_value>3<tool_call>search<arg_key>q</arg_key><arg_value>hi</tool_call>"
+        "<arg_value>3</tool_call>\n<tool_call>search<arg_key>q</arg_key><arg_value>hi</tool_call>"
     )
     for chunks in [[raw], list(raw)]:
         message = parse(chunks)
         assert [(c.name, json.loads(c.arguments)) for c in message.tool_calls] == [
             ("get_weather", {"city": "Paris", "days": 3}),
             ("search", {"q": "hi"}),
+        ]
+
+
+def test_call_open_inside_a_value_is_its_text() -> None:
+    # Not a skipped </tool_call>: inside a value only position makes a tag structural.
+    raw = (
+        "x</think><tool_call>search<arg_key>q</arg_key><arg_value>3<tool_call>search"
+        "<arg_key>q</arg_key><arg_value>hi</tool_call>"
+    )
+    for chunks in [[raw], list(raw)]:
+        message = parse(chunks)
+        assert [(c.name, json.loads(c.arguments)) for c in message.tool_calls] == [
+            ("search", {"q": "3<tool_call>search"})
         ]
 
 
