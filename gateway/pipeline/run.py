@@ -212,7 +212,8 @@ class Run:
         self._finished_at = time.perf_counter()
         if self.backend_finish is None:
             raise BackendError("the backend ended without finishing the generation")
-        tail = self._parser.finish()
+        # A generation cut by the token limit may end inside a tag or a call (FORMAT.md 2b).
+        tail = self._parser.finish(truncated=self.backend_finish == "length")
         self._count_tokens(tail, 0)
         if tail:
             yield tail
