@@ -28,6 +28,7 @@ from .errors import GatewayError, InvalidRequestError, from_backend
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from .models import ModelRegistry
 from .observability import Metrics
+from .pipeline.thinking_memory import ThinkingMemory
 from .routes import metrics as metrics_route
 from .routes import models
 from .settings import Settings
@@ -170,6 +171,10 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.responses = ResponsesState.from_settings(settings.responses)
+    app.state.thinking_memory = ThinkingMemory(
+        max_entries=settings.thinking_memory_entries,
+        max_chars=settings.thinking_memory_chars,
+    )
     _install_error_handlers(app, apis)
     _install_openapi(app)
     for api in apis:
@@ -195,7 +200,15 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
-            expose_headers=["x-request-id", "x-sampling-route", "x-gateway-overhead-ms"],
+            expose_headers=[
+                "x-request-id",
+                "x-sampling-route",
+                "x-gateway-overhead-ms",
+                "x-glm-thinking-budget",
+                "x-glm-loop-guard",
+                "x-glm-repairs",
+                "x-glm-restored-thinking",
+            ],
         )
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, log_format=settings.log_format, api_of=api_of

@@ -7,6 +7,7 @@ the shape of the wire API that owns the path (``ErrorShaper``).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -131,7 +132,11 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or scope["path"] in self.PUBLIC or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        if self._valid(self._presented(scope)):
+        presented = self._presented(scope)
+        if self._valid(presented):
+            assert presented is not None
+            # Per-key state (preserved thinking) is scoped by this hash, never the key itself.
+            scope.setdefault("state", {})["api_key_hash"] = hashlib.sha256(presented).hexdigest()
             await self.app(scope, receive, send)
             return
         error = AuthenticationError(

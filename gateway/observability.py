@@ -46,6 +46,10 @@ class RequestRecord:
     overhead_ms: float | None = None
     cancelled: bool = False
     error: str | None = None
+    budget_reached: bool | None = None
+    loop_stop: str | None = None
+    # (what failed, how it ended) per tool call the gateway checked and found wanting.
+    repairs: list[tuple[str, str]] = field(default_factory=list)
     prompt: str | None = None
     output: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -53,6 +57,8 @@ class RequestRecord:
     def as_log(self) -> dict[str, Any]:
         data = asdict(self)
         extra = data.pop("extra")
+        if not data["repairs"]:
+            data.pop("repairs")
         return {"event": "request", **{k: v for k, v in data.items() if v is not None}, **extra}
 
 
@@ -144,6 +150,30 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.thinking_restored = Counter(
+            "glm_gateway_thinking_restored",
+            "Assistant turns whose dropped reasoning the gateway put back",
+            ["model"],
+            registry=r,
+        )
+        self.thinking_budget_reached = Counter(
+            "glm_gateway_thinking_budget_reached",
+            "Generations whose reasoning the gateway closed at the thinking budget",
+            ["model"],
+            registry=r,
+        )
+        self.loop_stops = Counter(
+            "glm_gateway_loop_guard_stops",
+            "Generations the loop guard stopped",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.tool_call_repairs = Counter(
+            "glm_gateway_tool_call_repairs",
+            "Tool calls that failed their schema, by what failed and how it ended",
+            ["model", "problem", "outcome"],
+            registry=r,
+        )
         r.register(_LiveState(models))
 
     def observe_request(self, record: RequestRecord) -> None:
@@ -169,5 +199,11 @@ class Metrics:
                 counter.labels(model).inc(value)
         if record.cancelled:
             self.cancellations.labels(model).inc()
+        if record.budget_reached:
+            self.thinking_budget_reached.labels(model).inc()
+        if record.loop_stop is not None:
+            self.loop_stops.labels(model, record.loop_stop).inc()
+        for problem, outcome in record.repairs:
+            self.tool_call_repairs.labels(model, problem, outcome).inc()
         if record.status in (413, 429) or record.error in ("queue_full", "queue_timeout"):
             self.rejections.labels(model, record.error or str(record.status)).inc()

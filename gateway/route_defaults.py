@@ -17,7 +17,14 @@ BUILTIN_ROUTES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
             {"temperature": 1.0, "top_p": 0.95, "min_p": 0.01, "repeat_penalty": 1.0}
         ),
         TOOLS: MappingProxyType(
-            {"temperature": 0.7, "top_p": 1.0, "min_p": 0.01, "repeat_penalty": 1.0}
+            {
+                "temperature": 0.7,
+                "top_p": 1.0,
+                "min_p": 0.01,
+                "repeat_penalty": 1.0,
+                # Agents' clients drop reasoning_content; the tool loop needs it back.
+                "preserve_thinking": True,
+            }
         ),
     }
 )

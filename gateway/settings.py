@@ -73,16 +73,53 @@ class TemplateSettings(_Strict):
     clear_thinking: bool | None = None
 
 
+class LoopGuardSettings(_Strict):
+    """Stops generations that repeat themselves (see ``gateway/pipeline/loop_guard.py``)."""
+
+    enabled: bool = True
+    # A segment of at most ``max_period`` characters repeated back to back at least
+    # ``min_repeats`` times, covering at least ``min_chars`` characters, is a loop.
+    min_repeats: int = Field(8, ge=2)
+    min_chars: int = Field(400, ge=16)
+    max_period: int = Field(256, ge=1)
+    # The model calling the same tool with the same arguments this many turns in a row.
+    same_call_turns: int = Field(4, ge=2)
+
+
 class RouteSettings(SamplingSettings):
     """A named set of sampling defaults; ``overrides`` win even over what the client sent."""
 
     chat_template_kwargs: TemplateSettings = Field(default_factory=TemplateSettings)
     overrides: SamplingSettings = Field(default_factory=lambda: SamplingSettings())
+    # Reasoning-token budgets by effort name (chat ``reasoning_effort``, Anthropic
+    # ``output_config.effort``, Responses ``reasoning.effort``); None: no budget.
+    thinking_budgets: dict[str, int | None] = Field(
+        default_factory=lambda: {
+            "minimal": 256,
+            "low": 1024,
+            "medium": 4096,
+            "high": None,
+            "xhigh": None,
+            "max": None,
+        }
+    )
+    # Put back the reasoning of turns this gateway generated when a client omits it.
+    preserve_thinking: bool = False
+    loop_guard: LoopGuardSettings = Field(default_factory=LoopGuardSettings)
+    # Check tool calls against their schemas and repair a bad one once, under a grammar.
+    repair_tool_calls: bool = True
+
+    _NOT_SAMPLING: ClassVar[set[str]] = {
+        "chat_template_kwargs",
+        "overrides",
+        "thinking_budgets",
+        "preserve_thinking",
+        "loop_guard",
+        "repair_tool_calls",
+    }
 
     def defaults_layer(self) -> dict[str, Any]:
-        return SamplingSettings.model_validate(
-            self.model_dump(exclude={"chat_template_kwargs", "overrides"})
-        ).layer()
+        return SamplingSettings.model_validate(self.model_dump(exclude=self._NOT_SAMPLING)).layer()
 
 
 class AliasSettings(_Strict):
@@ -174,6 +211,10 @@ class Settings(BaseSettings):
     # One JSON line per request; prompts and outputs only when asked for.
     log_format: Literal["json", "text"] = "json"
     log_prompts: bool = False
+
+    # Preserved thinking: the reasoning of the gateway's own tool-call turns, per API key.
+    thinking_memory_entries: int = Field(4096, ge=0)
+    thinking_memory_chars: int = Field(32 * 1024 * 1024, ge=0)
 
     # The Anthropic Messages API: which served model Claude model ids run on.
     anthropic: AnthropicSettings = Field(default_factory=lambda: AnthropicSettings())

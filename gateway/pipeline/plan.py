@@ -22,6 +22,9 @@ from ..glm47.grammar import json_grammar, tool_call_grammar
 from ..glm47.render import render_prompt
 from ..models import ModelRegistry, ServedModel
 from ..sampling import resolve_sampling, select_route
+from ..settings import RouteSettings
+from .loop_guard import repeated_calls
+from .thinking_memory import ThinkingMemory
 
 
 def new_id(prefix: str) -> str:
@@ -82,8 +85,12 @@ class ChatInput:
     max_tokens_ceiling: bool = False
     enable_thinking: bool | None = None
     clear_thinking: bool | None = None
-    # The client's reasoning effort ("none", "low", ...), where its API has one.
+    # The client's reasoning effort ("none", "low", ...), where its API has one; the route
+    # maps it to a reasoning-token budget.
     reasoning_effort: str | None = None
+    # A reasoning-token budget the client gave as a number (Anthropic ``budget_tokens``);
+    # it wins over the effort.
+    thinking_budget: int | None = None
     add_generation_prompt: bool = True
     stream: bool = False
     # A stable id of the conversation (a session id, a prompt-cache key) for engine caches: a
@@ -108,8 +115,20 @@ class Plan:
     # Tools the parser types arguments by (offered and hidden ones), or None: no tool parsing.
     parse_tools: Sequence[Mapping[str, Any]] | None
     grammar: str | None = None
+    # The most reasoning tokens; when reached, the reasoning is closed and the answer follows.
+    thinking_budget: int | None = None
+    # The grammar for what follows ``</think>``, for a continuation after a closed reasoning.
+    answer_grammar: str | None = None
+    # The calls the model made in each of its last turns, when one more would trip the guard.
+    repeated_calls: tuple[tuple[str, str], ...] | None = None
+    # Assistant turns whose reasoning the gateway put back (preserved thinking).
+    restored_thinking: int = 0
     request_id: str = field(default_factory=lambda: new_id(""))
     created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def route_settings(self) -> RouteSettings:
+        return self.model.routes[self.route]
 
     @property
     def model_name(self) -> str:
@@ -187,6 +206,16 @@ def _check_choice(chat: ChatInput) -> None:
         )
 
 
+def _thinking_budget(chat: ChatInput, route: RouteSettings, thinking: bool) -> int | None:
+    if not thinking:
+        return None
+    if chat.thinking_budget is not None:
+        return chat.thinking_budget
+    if chat.reasoning_effort is None:
+        return None
+    return route.thinking_budgets.get(chat.reasoning_effort)
+
+
 def _grammar(
     chat: ChatInput, tools: Sequence[Mapping[str, Any]] | None, thinking: bool, model: ServedModel
 ) -> str | None:
@@ -209,17 +238,32 @@ def _grammar(
     return grammar
 
 
-def build_plan(registry: ModelRegistry, chat: ChatInput, limits: Limits | None = None) -> Plan:
-    """Resolve, check and render; every error here is the client's, with a 4xx."""
+def build_plan(
+    registry: ModelRegistry,
+    chat: ChatInput,
+    limits: Limits | None = None,
+    *,
+    memory: ThinkingMemory | None = None,
+    scope: str = "",
+) -> Plan:
+    """Resolve, check and render; every error here is the client's, with a 4xx.
+
+    ``memory`` (with the API key's ``scope``) puts back reasoning a client dropped, on routes
+    that preserve thinking.
+    """
     name = registry.resolve(chat.model)
     model = name.model
     _check_limits(chat, limits or Limits(), model)
     _check_choice(chat)
     route = select_route(chat.offers_tools, name.route)
+    route_settings = model.routes[route]
+    restored = 0
+    if memory is not None and route_settings.preserve_thinking:
+        chat.messages, restored = memory.restore(scope, chat.messages)
     resolved = resolve_sampling(
         chat.sampling,
         route,
-        model.routes[route],
+        route_settings,
         model.backend.sampling_defaults,
         enable_thinking=chat.enable_thinking,
         clear_thinking=chat.clear_thinking,
@@ -237,6 +281,10 @@ def build_plan(registry: ModelRegistry, chat: ChatInput, limits: Limits | None =
     if shown is not None or chat.hidden_tools:
         parse_tools = [*(shown or ()), *(chat.hidden_tools or ())]
     grammar = _grammar(chat, parse_tools, thinking, model)
+    answer_grammar = grammar
+    if grammar is not None and thinking:
+        answer_grammar = _grammar(chat, parse_tools, False, model)
+    guard = route_settings.loop_guard
     sampling = resolved.sampling
     cap = model.settings.max_tokens_limit
     if cap is not None and (sampling.max_tokens is None or sampling.max_tokens > cap):
@@ -250,4 +298,12 @@ def build_plan(registry: ModelRegistry, chat: ChatInput, limits: Limits | None =
         thinking=thinking,
         parse_tools=parse_tools,
         grammar=grammar,
+        thinking_budget=_thinking_budget(chat, route_settings, thinking),
+        answer_grammar=answer_grammar,
+        repeated_calls=(
+            repeated_calls(chat.messages, guard.same_call_turns)
+            if guard.enabled and parse_tools is not None
+            else None
+        ),
+        restored_thinking=restored,
     )

@@ -9,12 +9,13 @@ their own deltas; streaming and non-streaming consume the same events.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Literal, TypeVar
 
-from backends.base import BackendEvent, Chunk, Finished, Started
+from backends.base import BackendEvent, Chunk, Finished, GenerationRequest, Started
 from backends.errors import BackendError as EngineError
 
 from ..admission import Slot
@@ -24,10 +25,13 @@ from ..glm47.events import (
     ParsedMessage,
     ParseEvent,
     ReasoningDelta,
+    ToolCallArguments,
     ToolCallEnd,
+    ToolCallStart,
 )
 from ..glm47.parser import GLM47Parser
 from ..observability import Metrics, RequestRecord
+from .loop_guard import RepetitionDetector, canonical_arguments
 from .plan import Plan
 
 T = TypeVar("T")
@@ -47,6 +51,10 @@ class RunOptions:
     log_prompts: bool = False
     # The wire API, for metrics and the access log ("openai_chat", "anthropic", ...).
     api: str = "openai_chat"
+    # How this API's tool-call ids begin ("call_", "toolu_").
+    call_id_prefix: str = "call_"
+    # Called with the run once its generation has ended normally (preserved thinking).
+    on_complete: Callable[[Run], None] | None = None
 
 
 def _through_first_call(events: list[ParseEvent]) -> list[ParseEvent]:
@@ -74,6 +82,35 @@ class Run:
         # The stop string that ended the generation, when one did.
         self.stop_sequence: str | None = None
         self._left_reasoning = not plan.thinking
+        # Tool-call ids, made when a call starts, so every API and the memory agree on them.
+        self.call_ids: list[str] = []
+        # What the model generated, every leg: a continuation's prompt extends it.
+        self._raw: list[str] = []
+        self._message = MessageAccumulator()
+        # Legs: the first ends at the thinking budget; a continuation goes on from there.
+        self.legs = 1
+        self._tokens_before_leg = 0
+        self._budget_leg = plan.thinking_budget is not None
+        # Prompt tokens the engine reused for each continuation (prefix reuse).
+        self.continuation_cached_tokens: list[int] = []
+        self.continuation_prompt_tokens: list[int] = []
+        # Set when the gateway closed the reasoning at the budget.
+        self.budget_reached = False
+        # Why the loop guard stopped the generation ("repetition", "repeated_tool_call").
+        self.loop_stop: str | None = None
+        guard = plan.route_settings.loop_guard
+        self._repetition = (
+            RepetitionDetector(
+                min_repeats=guard.min_repeats,
+                min_chars=guard.min_chars,
+                max_period=guard.max_period,
+            )
+            if guard.enabled
+            else None
+        )
+        self._held_calls: list[ParseEvent] | None = [] if plan.repeated_calls else None
+        self._pending: list[ParseEvent] = []
+        self._stopped_early = False
         now = time.perf_counter()
         self.arrived = self.options.arrived if self.options.arrived is not None else now
         self.deadline = (
@@ -106,13 +143,77 @@ class Run:
         self._slot = await self._before_deadline(model.gate.acquire())
         if self.options.record is not None:
             self.options.record.queue_wait_ms = round(self._slot.waited * 1000, 3)
-        self._events = model.backend.generate(self.plan.generation_request())
+        self._events = model.backend.generate(self._first_request())
         first = await self._next_event()
         if not isinstance(first, Started):
             raise BackendError("the backend did not start the generation")
         self.prompt_tokens = first.prompt_tokens
         self.cached_tokens = first.cached_tokens
         self._check_room(first.prompt_tokens)
+
+    def _first_request(self) -> GenerationRequest:
+        request = self.plan.generation_request()
+        budget = self.plan.thinking_budget
+        if budget is None:
+            return request
+        limit = request.sampling.max_tokens
+        if limit is not None and limit <= budget:
+            # The token limit comes first: no second leg can follow.
+            self._budget_leg = False
+            return request
+        return replace(request, sampling=replace(request.sampling, max_tokens=max(budget, 1)))
+
+    def _continuation(self) -> GenerationRequest | None:
+        """The request that goes on after the budget leg ended at its limit, or None."""
+        if not self._budget_leg or self.backend_finish != "length" or self.loop_stop:
+            return None
+        self._budget_leg = False
+        limit = self.plan.sampling.max_tokens
+        remaining = None if limit is None else limit - self.completion_tokens
+        if remaining is not None and remaining <= 0:
+            return None
+        suffix = ""
+        grammar = self.plan.grammar
+        if not self._left_reasoning:
+            # The budget is spent in the reasoning: close it, the answer follows.
+            suffix = "</think>"
+            self.budget_reached = True
+            self._left_reasoning = True
+            self._pending = self._parser.feed(suffix)
+            grammar = self.plan.answer_grammar
+        elif grammar is not None:
+            # Mid-answer under a grammar that covers the whole output: a continuation could
+            # not be held to it, so the answer ends here.
+            return None
+        sampling = replace(self.plan.sampling, max_tokens=remaining)
+        return replace(
+            self.plan.generation_request(),
+            prompt=self.plan.prompt + "".join(self._raw) + suffix,
+            sampling=sampling,
+            grammar=grammar,
+        )
+
+    async def _next_leg(self, request: GenerationRequest) -> None:
+        await self._close_leg()
+        self.legs += 1
+        self._tokens_before_leg = self.completion_tokens
+        self.backend_finish = None
+        self._events = self.plan.model.backend.generate(request)
+        first = await self._next_event()
+        if not isinstance(first, Started):
+            raise BackendError("the backend did not start the continuation")
+        self.continuation_prompt_tokens.append(first.prompt_tokens)
+        self.continuation_cached_tokens.append(first.cached_tokens)
+
+    async def _close_leg(self) -> None:
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    def call_id(self, index: int) -> str:
+        while len(self.call_ids) <= index:
+            self.call_ids.append(self.options.call_id_prefix + secrets.token_hex(12))
+        return self.call_ids[index]
 
     def _check_room(self, prompt_tokens: int) -> None:
         """A client that asked for more tokens than the context leaves gets a clear 400."""
@@ -135,9 +236,7 @@ class Run:
             return
         self._closed = True
         try:
-            aclose = getattr(self._events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await self._close_leg()
         finally:
             if self._slot is not None:
                 self._slot.release()
@@ -170,6 +269,34 @@ class Run:
         """Parser events, grouped per backend chunk."""
         if self._events is None:
             raise RuntimeError("start() first")
+        while True:
+            async for group in self._leg_events():
+                yield self._note(group)
+            if self._stopped_early:
+                break
+            request = self._continuation()
+            if request is None:
+                break
+            await self._next_leg(request)
+            # What the parser held back before the closing tag it was fed.
+            pending = self._release(self._pending)
+            self._pending = []
+            if pending:
+                yield self._note(pending)
+        if not self._stopped_early:
+            self._finished_at = time.perf_counter()
+            if self.backend_finish is None:
+                raise BackendError("the backend ended without finishing the generation")
+            # A generation cut by the token limit may end inside a tag or a call (FORMAT.md 2b).
+            tail = self._parser.finish(truncated=self.backend_finish == "length")
+            self._count_tokens(tail, 0)
+            tail = self._release(tail, end=True)
+            if tail:
+                yield self._note(tail)
+        if self.options.on_complete is not None:
+            self.options.on_complete(self)
+
+    async def _leg_events(self) -> AsyncGenerator[list[ParseEvent], None]:
         inter_token = None
         if self.options.metrics is not None:
             inter_token = self.options.metrics.inter_token.labels(self.plan.model.id)
@@ -186,37 +313,84 @@ class Run:
                     elif inter_token is not None and self._last_text is not None:
                         inter_token.observe(now - self._last_text)
                     self._last_text = now
+                    self._raw.append(text)
                     if self._output is not None:
                         self._output.append(text)
                     self.completion_tokens += count
                     parsed = self._parser.feed(text)
                     self._count_tokens(parsed, count)
                     if single_call and self.tool_calls_ended:
-                        yield _through_first_call(parsed)
+                        yield self._release(_through_first_call(parsed), end=True)
                         self.backend_finish = "stop"
-                        self._finished_at = time.perf_counter()
-                        await self.aclose()
+                        await self._stop_early()
                         return
+                    parsed = self._release(parsed)
                     if parsed:
                         yield parsed
+                    if self._repetition is not None and self._repetition.feed(text):
+                        self.loop_stop = "repetition"
+                        self.backend_finish = "length"
+                        tail = self._release(self._parser.finish(truncated=True), end=True)
+                        if tail:
+                            yield tail
+                        await self._stop_early()
+                        return
                 case Finished():
                     self.backend_finish = event.reason
-                    self.prompt_tokens = event.prompt_tokens
-                    self.completion_tokens = event.completion_tokens
-                    self.cached_tokens = event.cached_tokens or self.cached_tokens
+                    if self.legs == 1:
+                        self.prompt_tokens = event.prompt_tokens
+                        self.cached_tokens = event.cached_tokens or self.cached_tokens
+                    self.completion_tokens = self._tokens_before_leg + event.completion_tokens
                     # Only the client's own stop strings are reported (not GLM's role tokens).
                     if event.stop_sequence in self.plan.sampling.stop:
                         self.stop_sequence = event.stop_sequence
                 case Started():
                     raise BackendError("the backend started the generation twice")
+
+    async def _stop_early(self) -> None:
+        self._stopped_early = True
         self._finished_at = time.perf_counter()
-        if self.backend_finish is None:
-            raise BackendError("the backend ended without finishing the generation")
-        # A generation cut by the token limit may end inside a tag or a call (FORMAT.md 2b).
-        tail = self._parser.finish(truncated=self.backend_finish == "length")
-        self._count_tokens(tail, 0)
-        if tail:
-            yield tail
+        await self.aclose()
+
+    def _release(self, parsed: list[ParseEvent], *, end: bool = False) -> list[ParseEvent]:
+        """Hold tool-call events back when one more repeat of the last turns' calls would trip
+        the guard: they go out at the end, unless they are that repeat."""
+        held = self._held_calls
+        if held is None:
+            return parsed
+        out: list[ParseEvent] = []
+        for event in parsed:
+            if isinstance(event, ToolCallStart | ToolCallArguments | ToolCallEnd):
+                held.append(event)
+            else:
+                out.append(event)
+        if not end:
+            return out
+        self._held_calls = None
+        folded = MessageAccumulator()
+        for event in held:
+            folded.add(event)
+        calls = tuple(
+            sorted((c.name, canonical_arguments(c.arguments)) for c in folded.result().tool_calls)
+        )
+        if calls and calls == self.plan.repeated_calls:
+            self.loop_stop = "repeated_tool_call"
+            self.backend_finish = "length"
+            self.tool_calls_ended = 0
+            return out
+        return out + held
+
+    def _note(self, group: list[ParseEvent]) -> list[ParseEvent]:
+        for event in group:
+            if isinstance(event, ToolCallStart):
+                self.call_id(event.index)
+            self._message.add(event)
+        return group
+
+    @property
+    def message(self) -> ParsedMessage:
+        """What went out so far, folded."""
+        return self._message.result()
 
     async def collect(self) -> ParsedMessage:
         """The whole message (non-streaming): the same events, folded."""
@@ -244,7 +418,7 @@ class Run:
 
     @property
     def finish_reason(self) -> FinishReason:
-        if self.backend_finish == "length":
+        if self.backend_finish == "length" or self.loop_stop is not None:
             return "length"
         return "tool_calls" if self.tool_calls_ended else "stop"
 
@@ -264,6 +438,9 @@ class Run:
         record.completion_tokens = self.completion_tokens
         record.reasoning_tokens = self.reasoning_tokens
         record.tool_calls = self.tool_calls_ended
+        if self.budget_reached:
+            record.budget_reached = True
+        record.loop_stop = self.loop_stop
         if self.backend_finish is not None:
             record.finish_reason = self.finish_reason
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from ...glm47.events import (
@@ -68,7 +69,9 @@ def usage(run: Run) -> dict[str, int]:
 class BlockBuilder:
     """Parser events in, Anthropic block events out; ``blocks`` is what they fold to."""
 
-    def __init__(self) -> None:
+    def __init__(self, ids: Callable[[int], str] | None = None) -> None:
+        # Tool-use ids by call index: the run's, so preserved thinking can key the turn.
+        self._ids = ids or (lambda _: tool_use_id())
         self.blocks: list[dict[str, Any]] = []
         self._open: dict[str, Any] | None = None
         self._parts: list[str] = []
@@ -83,11 +86,11 @@ class BlockBuilder:
                 case ContentDelta(text) if text:
                     self._ensure(out, "text")
                     out.append(self._delta({"type": "text_delta", "text": text}, text))
-                case ToolCallStart(_, name):
+                case ToolCallStart(index, name):
                     self._close(out)
                     self._start(
                         out,
-                        {"type": "tool_use", "id": tool_use_id(), "name": name, "input": {}},
+                        {"type": "tool_use", "id": self._ids(index), "name": name, "input": {}},
                     )
                 case ToolCallArguments(_, fragment) if fragment and self._kind == "tool_use":
                     delta = {"type": "input_json_delta", "partial_json": fragment}
@@ -190,7 +193,7 @@ def message(run: Run, model: str, content: list[dict[str, Any]]) -> dict[str, An
 
 async def complete(run: Run, model: str) -> dict[str, Any]:
     """The non-streamed message: the stream's block events, folded."""
-    builder = BlockBuilder()
+    builder = BlockBuilder(run.call_id)
     try:
         async for group in run.events():
             builder.feed(group)
@@ -208,6 +211,7 @@ class MessagesStreamEncoder:
         self._builder = BlockBuilder()
 
     def open(self, run: Run) -> bytes:
+        self._builder = BlockBuilder(run.call_id)
         start: dict[str, Any] = {
             "id": message_id(run),
             "type": "message",

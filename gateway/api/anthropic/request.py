@@ -132,7 +132,7 @@ class ToolChoiceParam(_Lenient):
 
 class ThinkingParam(_Lenient):
     type: Literal["enabled", "adaptive", "disabled"]
-    # Accepted; enforced once the gateway has a thinking budget.
+    # The most reasoning tokens (the gateway closes the reasoning there).
     budget_tokens: int | None = Field(None, ge=0)
     display: str | None = None
 

@@ -43,7 +43,7 @@ def _chat_input(request: Request, parsed: CountTokensRequest) -> ChatInput:
 async def messages(request: Request) -> Response:
     parsed = validate(MessagesRequest, await read_json_object(request))
     plan = plan_request(request, _chat_input(request, parsed))
-    run = new_run(request, plan, API_NAME)
+    run = new_run(request, plan, API_NAME, call_id_prefix="toolu_")
     # Responses name the model the client asked for, as Anthropic's API does.
     model = parsed.model
 

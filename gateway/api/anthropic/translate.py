@@ -283,6 +283,9 @@ def to_chat_input(request: CountTokensRequest, model: str) -> ChatInput:
         enable_thinking=enable,
         clear_thinking=_clear_thinking(request),
         reasoning_effort=effort,
+        thinking_budget=(
+            thinking.budget_tokens if thinking is not None and thinking.type == "enabled" else None
+        ),
         conversation_key=conversation_key(request),
     )
     if isinstance(request, MessagesRequest):

@@ -13,7 +13,6 @@ from ...glm47.events import (
     ToolCallEnd,
     ToolCallStart,
 )
-from ...pipeline.plan import new_id
 from ...pipeline.run import Run
 from ...pipeline.sse import sse_data
 
@@ -68,7 +67,7 @@ class ChatStreamEncoder:
             "model": plan.model_name,
         }
         self._include_usage = include_usage
-        self._call_ids: list[str] = []
+        self._run = run
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
@@ -97,12 +96,11 @@ class ChatStreamEncoder:
             case ContentDelta(text):
                 return {"content": text}
             case ToolCallStart(index, name):
-                self._call_ids.append(new_id("call_"))
                 return {
                     "tool_calls": [
                         {
                             "index": index,
-                            "id": self._call_ids[index],
+                            "id": self._run.call_id(index),
                             "type": "function",
                             "function": {"name": name, "arguments": ""},
                         }
@@ -125,11 +123,11 @@ def completion(run: Run, parsed: ParsedMessage) -> dict[str, Any]:
     if parsed.tool_calls:
         message["tool_calls"] = [
             {
-                "id": new_id("call_"),
+                "id": run.call_id(index),
                 "type": "function",
                 "function": {"name": call.name, "arguments": call.arguments},
             }
-            for call in parsed.tool_calls
+            for index, call in enumerate(parsed.tool_calls)
         ]
     return {
         "id": completion_id(run),

@@ -87,7 +87,8 @@ async def create_response(request: Request) -> Response:
     translated = translate(await read_json_object(request), state.store, state.sealer)
     plan = plan_request(request, translated.chat)
     constrain_strict_tools(plan, translated.tools)
-    run = new_run(request, plan, API_NAME)
+    # Responses clients send reasoning back as items of their own (sealed): no memory.
+    run = new_run(request, plan, API_NAME, preserve=False)
     stream = translated.chat.stream
     builder = OutputBuilder(
         translated, plan, state.sealer, stream=stream, on_done=_storer(state, translated)

@@ -128,6 +128,7 @@ def fake_run(**kwargs: Any) -> Any:
         "cached_tokens": 0,
         "completion_tokens": 7,
         "plan": SimpleNamespace(request_id="abc"),
+        "call_id": lambda index: f"toolu_{index}",
     }
     fields.update(kwargs)
     return SimpleNamespace(**fields)
