@@ -14,8 +14,8 @@ from tests.gateway.agent.test_loop_guard import TOOLS
 
 REASONING = "The user wants Paris. I will call get_weather."
 CALL = (
-    REASONING
-    + "</think><tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value></tool_call>"
+    REASONING + "</think><tool_call>get_weather<arg_key>city</arg_key>"
+    "<arg_value>Paris</arg_value></tool_call>"
 )
 KEYS = ["key-one", "key-two"]
 

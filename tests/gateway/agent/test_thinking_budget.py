@@ -102,14 +102,16 @@ def test_max_tokens_below_the_budget_wins() -> None:
 
 def test_anthropic_budget_tokens() -> None:
     backend = RecordingBackend(scripted("one two three four", "Answer."))
-    with gateway(backend) as (url, _):
-        with anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0) as client:
-            message = client.messages.create(
-                model=MODEL,
-                max_tokens=100,
-                thinking={"type": "enabled", "budget_tokens": 6},
-                messages=[{"role": "user", "content": "hi"}],
-            )
+    with (
+        gateway(backend) as (url, _),
+        anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0) as client,
+    ):
+        message = client.messages.create(
+            model=MODEL,
+            max_tokens=100,
+            thinking={"type": "enabled", "budget_tokens": 6},
+            messages=[{"role": "user", "content": "hi"}],
+        )
     blocks = [
         (b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in message.content
     ]
