@@ -555,3 +555,27 @@ def test_replica_killed_mid_test_later_requests_all_succeed(
         assert backend.replicas[0].healthy
         assert backend.ready  # one healthy replica is enough
         assert httpx.get(f"{url}/ready", timeout=10).status_code == 200
+
+
+def test_thinking_budget_on_vllm(gateway: str) -> None:
+    """The budget closes the reasoning by a continuation on vLLM too, streamed and not."""
+    import anthropic
+
+    budget = 6
+    kwargs: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 60,
+        "temperature": 0,
+        "thinking": {"type": "enabled", "budget_tokens": budget},
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    }
+    with anthropic.Anthropic(base_url=gateway, api_key="unused", max_retries=0) as client:
+        message = client.messages.create(**kwargs)
+        with client.messages.stream(**kwargs) as stream:
+            final = stream.get_final_message()
+    for reply in (message, final):
+        kinds = [block.type for block in reply.content]
+        assert kinds[0] == "thinking" and "text" in kinds, kinds
+    assert [b.model_dump(exclude={"signature"}) for b in message.content] == [
+        b.model_dump(exclude={"signature"}) for b in final.content
+    ]
