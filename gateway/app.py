@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from backends.base import Backend
 from backends.errors import BackendError as EngineError
@@ -90,6 +91,14 @@ def _install_error_handlers(app: FastAPI, apis: tuple[WireApi, ...]) -> None:
         err.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return respond(request, err)
 
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        # The client closed the connection while its body was being read: nobody reads this;
+        # 499 is the conventional "client closed request" for the access log.
+        record = request.scope.get("state", {}).get("record")
+        if record is not None:
+            record.cancelled = True
+        return Response(status_code=499)
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error", exc_info=exc)
         return respond(request, GatewayError("Internal server error."))
@@ -99,6 +108,7 @@ def _install_error_handlers(app: FastAPI, apis: tuple[WireApi, ...]) -> None:
     app.add_exception_handler(pydantic.ValidationError, on_pydantic_error)
     app.add_exception_handler(RequestValidationError, on_pydantic_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected)
 
 

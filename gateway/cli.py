@@ -131,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=settings.log_level,
         # Annotated int by uvicorn, but used as an asyncio timeout: fractions work.
         timeout_graceful_shutdown=cast(int, settings.shutdown_grace),
+        timeout_keep_alive=cast(int, settings.http_keepalive_timeout),
         # The gateway writes its own access log line per request (gateway/middleware.py).
         access_log=False,
     )

@@ -207,6 +207,10 @@ class Settings(BaseSettings):
     )
     # SSE comments sent while a stream waits in line or for its first token; 0 turns them off.
     keepalive_interval: float = Field(15.0, ge=0)
+    # How long an idle client connection stays open. Longer than the clients' own pool expiry
+    # (httpx and the OpenAI/Anthropic SDKs: 5 s), so a client never reuses a connection the
+    # server is closing at that moment (uvicorn's 5 s default races with them).
+    http_keepalive_timeout: float = Field(75.0, gt=0)
 
     # One JSON line per request; prompts and outputs only when asked for.
     log_format: Literal["json", "text"] = "json"

@@ -77,7 +77,16 @@ def serve(app: FastAPI, *, ready_timeout: float = 120.0) -> Iterator[str]:
     import httpx
 
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    settings = getattr(app.state, "settings", None)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        # As the CLI runs it (gateway/cli.py).
+        timeout_keep_alive=int(getattr(settings, "http_keepalive_timeout", 5)),
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

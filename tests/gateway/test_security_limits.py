@@ -254,3 +254,37 @@ def test_metrics_count_what_happened() -> None:
     assert f'glm_gateway_backend_healthy{{model="{MODEL}"}} 1.0' in text
     assert "glm_gateway_queue_wait_seconds_bucket" in text
     assert "glm_gateway_request_duration_seconds_bucket" in text
+
+
+def test_client_gone_while_sending_its_body_is_499_not_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import socket
+    import time
+
+    import httpx
+
+    from tests.conftest import serve
+
+    _, backend = make()
+    app = create_app(
+        Settings(models=[ModelSettings(id=MODEL, backend=ScriptedBackendSettings(path="x"))]),
+        backends={MODEL: backend},
+    )
+    with serve(app) as url, caplog.at_level(logging.ERROR, logger="glm_gateway"):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as raw:
+            raw.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                b'content-type: application/json\r\ncontent-length: 1000\r\n\r\n{"model"'
+            )
+            time.sleep(0.2)
+        # The access log and metrics see a cancelled request, not a server error.
+        deadline = time.monotonic() + 10
+        text = ""
+        while time.monotonic() < deadline and 'status="499"' not in text:
+            text = httpx.get(f"{url}/metrics").text
+            time.sleep(0.1)
+    assert 'api="openai_chat",model="-",route="-",status="499"' in text
+    assert 'status="500"' not in text
+    assert not [r for r in caplog.records if "unhandled" in r.getMessage()]
