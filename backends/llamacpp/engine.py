@@ -105,16 +105,22 @@ class Engine:
 
     def _loop(self) -> None:
         try:
+            idle = False
             while True:
                 with self._cond:
+                    # Waiting jobs are retried at once while something runs (each step may
+                    # free room); with nothing running, when a job arrives or leaves.
                     while not (self._stopping or self._incoming or self._active or self._ready()):
-                        self._cond.wait(0.5 if self._waiting else None)
+                        if self._waiting and not idle:
+                            break
+                        self._cond.wait()
                     self._waiting.extend(self._incoming)
                     self._incoming.clear()
                     if self._stopping:
                         break
                 self._drop_cancelled()
                 self._admit()
+                idle = not self._active
                 if self._active:
                     self._step()
                 self._publish()
@@ -133,6 +139,7 @@ class Engine:
 
     def _ready(self) -> bool:
         return any(j.cancel.is_set() for j in self._waiting)
+
 
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._waiting if j.cancel.is_set()]:

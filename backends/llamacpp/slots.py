@@ -61,25 +61,29 @@ def place(
 ) -> Placement | None:
     """The free sequence for ``prompt``, or None when every sequence is busy.
 
-    The sequence holding the longest prefix wins; with none worth having, a free empty one,
-    else the least valuable (small and long unused), so a short side request never evicts a
-    long conversation while a cheaper sequence exists. A longer prefix in another sequence
-    (busy or not) is shared rather than read again.
+    Every free sequence can offer the longest prefix any sequence holds (its own, or shared
+    from the one holding it), so the choice is by what it would throw away: the tokens past
+    its own match, discounted by age. An empty or stale sequence takes a side request; a long
+    conversation is kept while a cheaper sequence exists, and a follow-up turn finds its own
+    conversation, which loses nothing. The conversation key only breaks ties.
     """
     free = [s for s in slots if not s.busy]
     if not free:
         return None
     matches = {s.seq_id: common_prefix(s.tokens, prompt) for s in slots}
-    best = max(
-        free, key=lambda s: (matches[s.seq_id], key is not None and s.conversation_key == key)
-    )
-    if matches[best.seq_id] < MIN_USEFUL_PREFIX:
-        keyed = [s for s in free if _same(s, key)]
-        best = keyed[0] if keyed and not keyed[0].tokens else min(free, key=lambda s: s.value(now))
-    common = matches[best.seq_id]
     donor = max(slots, key=lambda s: matches[s.seq_id])
-    if donor is not best and matches[donor.seq_id] >= max(common + 1, MIN_SHARED_PREFIX):
-        return Placement(best, common, donor, matches[donor.seq_id])
+    longest = matches[donor.seq_id]
+
+    def cost(s: Slot) -> tuple[float, bool, int]:
+        own = matches[s.seq_id]
+        useful = own if own >= MIN_USEFUL_PREFIX else 0
+        lost = (len(s.tokens) - useful) / (1 + max(now - s.last_used, 0))
+        return (lost, not _same(s, key), -own)
+
+    best = min(free, key=cost)
+    common = matches[best.seq_id]
+    if longest >= max(common + 1, MIN_SHARED_PREFIX):
+        return Placement(best, common, donor, longest)
     return Placement(best, common)
 
 
