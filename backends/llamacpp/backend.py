@@ -14,7 +14,16 @@ import random
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from ..base import Backend, BackendEvent, Chunk, Finished, GenerationRequest, ModelInfo, Started
+from ..base import (
+    Backend,
+    BackendEvent,
+    Chunk,
+    EngineMetric,
+    Finished,
+    GenerationRequest,
+    ModelInfo,
+    Started,
+)
 from ..errors import BackendError, BackendNotReady, BadRequest, PromptTooLong
 from .engine import Admitted, Engine, Job
 from .model import LoadedModel
@@ -95,6 +104,31 @@ class LlamaCppBackend(Backend):
     def stats(self) -> LlamaCppStats:
         engine = self._engine
         return engine.stats if engine is not None else LlamaCppStats()
+
+    def engine_metrics(self) -> list[EngineMetric]:
+        s = self.stats
+        return [
+            EngineMetric(
+                "prompt_tokens_evaluated", "Prompt tokens read", s.prompt_tokens_evaluated, True
+            ),
+            EngineMetric(
+                "prompt_tokens_reused",
+                "Prompt tokens taken from the KV cache",
+                s.prompt_tokens_reused,
+                True,
+            ),
+            EngineMetric(
+                "prompt_tokens_shared",
+                "Reused prompt tokens shared from another sequence",
+                s.prompt_tokens_shared,
+                True,
+            ),
+            EngineMetric("tokens_generated", "Tokens sampled", s.tokens_generated, True),
+            EngineMetric("kv_cells_used", "KV cells the sequences hold", s.kv_cells_used),
+            EngineMetric("kv_cells_total", "KV cells in the context", s.kv_cells_total),
+            EngineMetric("sequences_busy", "Sequences generating", s.sequences_busy),
+            EngineMetric("sequences_total", "Sequences (parallel)", self._parallel),
+        ]
 
     # -- generation -------------------------------------------------------------------------
 

@@ -140,7 +140,6 @@ class Engine:
     def _ready(self) -> bool:
         return any(j.cancel.is_set() for j in self._waiting)
 
-
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._waiting if j.cancel.is_set()]:
             self._waiting.remove(job)
@@ -270,9 +269,9 @@ class Engine:
             slot = a.slot
             # A step's floats depend on its shape (llama.cpp's kernels group rows): only a
             # whole aligned chunk read in a step of its own is what a fresh read computes.
-            if alone and slot.exact == len(slot.tokens) and slot.exact % nb == 0:
-                if len(tokens) == nb and a.next_token is None:
-                    slot.exact += nb
+            aligned = slot.exact == len(slot.tokens) and slot.exact % nb == 0
+            if alone and aligned and len(tokens) == nb and a.next_token is None:
+                slot.exact += nb
             slot.tokens.extend(tokens)
             if a.next_token is not None and tokens == [a.next_token] and not a.pending:
                 a.next_token = None
