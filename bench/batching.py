@@ -57,6 +57,8 @@ async def stream(
 ) -> dict[str, Any]:
     body = {"model": "smollm2", "messages": messages, "max_tokens": n, "temperature": 0}
     body |= {"stream": True, "stream_options": {"include_usage": True}}
+    # The gateway renders GLM's template for any model: thinking off, plain content.
+    body["chat_template_kwargs"] = {"enable_thinking": False}
     started = time.perf_counter()
     stamps: list[float] = []
     text: list[str] = []
@@ -71,7 +73,8 @@ async def stream(
             if timings:
                 usage["prompt_n"] = timings.get("prompt_n")
             for choice in event.get("choices", []):
-                piece = choice.get("delta", {}).get("content")
+                delta = choice.get("delta", {})
+                piece = delta.get("content") or delta.get("reasoning_content")
                 if piece:
                     stamps.append(time.perf_counter())
                     text.append(piece)

@@ -145,6 +145,12 @@ class LlamaCppBackend(Backend):
         seed &= 0xFFFFFFFF  # OpenAI seeds are any int; llama.cpp takes a uint32
         return seed - 1 if seed == _LLAMA_RANDOM_SEED else seed
 
+    async def count_tokens(self, prompt: str) -> int:
+        # The tokenizer only reads the vocabulary: no place in line, and safe beside a running
+        # generation.
+        _, model = self._loaded()
+        return len(await asyncio.to_thread(model.tokenize, prompt))
+
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[BackendEvent, None]:
         # An async generator: aclose() (or cancelling the task iterating it) frees the sequence.
         engine, model = self._loaded()
