@@ -160,7 +160,7 @@ class Engine:
             placement = place(self._slots, job.prompt_tokens, job.conversation_key, now)
             if placement is None:
                 return
-            if not self._fits(job, placement.slot):
+            if not self._fits(job, placement):
                 return  # FIFO: later jobs wait behind this one
             self._requests = now
             self._waiting.remove(job)
@@ -170,11 +170,14 @@ class Engine:
     def _need(self, job: Job) -> int:
         return len(job.prompt_tokens) + job.max_new_tokens
 
-    def _fits(self, job: Job, slot: Slot) -> bool:
-        """Whether the cache holds the job; evicts idle caches, least valuable first."""
+    def _fits(self, job: Job, placement: Placement) -> bool:
+        """Whether the cache holds the job; evicts idle caches, least valuable first.
+
+        Neither the chosen sequence nor the one its prefix is shared from is evicted."""
+        keep = (placement.slot, placement.share_from)
         reserved = sum(self._need(a.job) for a in self._active)
         idle = sorted(
-            (s for s in self._slots if not s.busy and s is not slot and s.tokens),
+            (s for s in self._slots if not s.busy and s not in keep and s.tokens),
             key=lambda s: s.value(self._requests),
         )
         held = sum(len(s.tokens) for s in idle)
