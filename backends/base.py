@@ -26,6 +26,7 @@ __all__ = [
     "Backend",
     "BackendEvent",
     "Chunk",
+    "EngineMetric",
     "FinishReason",
     "Finished",
     "GenerationRequest",
@@ -83,6 +84,17 @@ BackendEvent = Started | Chunk | Finished
 
 
 @dataclass(frozen=True, slots=True)
+class EngineMetric:
+    """One engine number for Prometheus (``glm_gateway_engine_<name>``, labelled by model)."""
+
+    name: str
+    help: str
+    value: float
+    # A total that only grows (exported as a counter, ``_total`` added), else a gauge.
+    counter: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     context_length: int | None = None
     owned_by: str = "glm-gateway"
@@ -113,6 +125,10 @@ class Backend(abc.ABC):
     @property
     @abc.abstractmethod
     def info(self) -> ModelInfo: ...
+
+    def engine_metrics(self) -> list[EngineMetric]:
+        """The engine's own numbers (cache use, tokens read); none by default."""
+        return []
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[BackendEvent]:

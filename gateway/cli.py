@@ -45,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     engine.add_argument(
         "--threads-batch", type=int, help="prompt-processing threads (default: --threads)"
     )
+    engine.add_argument(
+        "--parallel", type=int, help="sequences decoded together, one shared KV cache (default 4)"
+    )
+    engine.add_argument("--batch-size", dest="n_batch", type=int, help="logical batch (2048)")
+    engine.add_argument("--ubatch-size", dest="n_ubatch", type=int, help="physical batch (512)")
+    engine.add_argument("--flash-attn", choices=("auto", "on", "off"), help="default auto")
+    engine.add_argument(
+        "--cache-type-k",
+        choices=("f16", "bf16", "f32", "q8_0", "q4_0"),
+        help="KV cache type (V follows K; quantized needs flash attention); default f16",
+    )
     serve.add_argument(
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], default=None
     )
@@ -52,7 +63,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # Engine flags, passed on to backends whose settings have the field.
-_ENGINE_FLAGS = ("n_ctx", "n_gpu_layers", "threads", "threads_batch")
+_ENGINE_FLAGS = (
+    "n_ctx",
+    "n_gpu_layers",
+    "threads",
+    "threads_batch",
+    "parallel",
+    "n_batch",
+    "n_ubatch",
+    "flash_attn",
+    "cache_type_k",
+)
 
 
 def _backend_for(model: str) -> str:

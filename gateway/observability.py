@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -76,13 +76,24 @@ class _LiveState(Collector):
         healthy = GaugeMetricFamily(
             "glm_gateway_backend_healthy", "1 when the model's backend can serve", labels=["model"]
         )
+        engine: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
         for model in self._models:
             depth.add_metric([model.id], model.gate.waiting)
             running.add_metric([model.id], model.gate.running)
             healthy.add_metric([model.id], 1.0 if model.backend.ready else 0.0)
+            for metric in model.backend.engine_metrics():
+                family = engine.get(metric.name)
+                if family is None:
+                    kind = CounterMetricFamily if metric.counter else GaugeMetricFamily
+                    family = kind(
+                        f"glm_gateway_engine_{metric.name}", metric.help, labels=["model"]
+                    )
+                    engine[metric.name] = family
+                family.add_metric([model.id], metric.value)
         yield depth
         yield running
         yield healthy
+        yield from engine.values()
 
 
 class Metrics:

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 GLM_TINY_GGUF = FIXTURES / "models" / "glm-tiny" / "glm-tiny.gguf"
+GLM_ARCH_TINY_GGUF = FIXTURES / "models" / "glm-arch-tiny" / "glm-arch-tiny.gguf"
 GLM_TINY_TOOLS: list[dict[str, Any]] = json.loads(
     (FIXTURES / "models" / "glm-tiny" / "tools.json").read_text(encoding="utf-8")
 )
@@ -59,6 +60,12 @@ def smollm_path() -> Path:
 def glm_tiny_path() -> Path:
     require_llama_cpp()
     return require_file(GLM_TINY_GGUF, "copied from shared/models/glm-tiny")
+
+
+@pytest.fixture(scope="session")
+def glm_arch_tiny_path() -> Path:
+    require_llama_cpp()
+    return require_file(GLM_ARCH_TINY_GGUF, "copied from shared/models/glm-arch-tiny")
 
 
 def free_port() -> int:

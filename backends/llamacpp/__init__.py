@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ..registry import BackendType
-from .backend import LlamaCppBackend, LlamaCppOptions, LlamaCppStats
+from .backend import LlamaCppBackend
 from .model_source import ModelSourceError, resolve_model
+from .options import LlamaCppOptions, LlamaCppStats
 from .settings import LlamaCppBackendSettings
 
 __all__ = [
@@ -27,8 +28,11 @@ def _build(settings: LlamaCppBackendSettings) -> LlamaCppBackend:
             n_gpu_layers=settings.n_gpu_layers,
             n_threads=settings.threads,
             n_threads_batch=settings.threads_batch or settings.threads,
+            parallel=settings.parallel,
             n_batch=settings.n_batch,
+            n_ubatch=settings.n_ubatch,
             flash_attn=settings.flash_attn,
+            cache_type_k=settings.cache_type_k,
             verbose=settings.verbose,
         )
     )

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..settings_base import BackendSettingsBase
+from .options import CacheType, FlashAttn
 
 
 class LlamaCppBackendSettings(BackendSettingsBase):
@@ -20,6 +21,12 @@ class LlamaCppBackendSettings(BackendSettingsBase):
     # Prompt-processing threads; defaults to ``threads`` as llama-server's -tb does. Left to
     # llama-cpp-python, it takes every core, which on a shared machine is much slower.
     threads_batch: int | None = Field(None, ge=1)
-    n_batch: int = Field(512, ge=1)
-    flash_attn: bool = False
+    parallel: int = Field(
+        4, ge=1, le=64, description="Sequences decoded together in one unified KV cache"
+    )
+    n_batch: int = Field(2048, ge=1, description="Most tokens one engine step decodes")
+    n_ubatch: int = Field(512, ge=1)
+    flash_attn: FlashAttn = "auto"
+    # V follows K (GLM's MLA cache holds K only); a quantized cache needs flash attention.
+    cache_type_k: CacheType = "f16"
     verbose: bool = False

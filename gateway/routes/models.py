@@ -38,6 +38,11 @@ def _card(entry: ModelName) -> dict[str, Any]:
             for name, route in model.routes.items()
         },
     }
+    # The engine's settings (llamacpp: parallel sequences, cache and batch settings); the
+    # model's path on this host stays private.
+    engine = {k: v for k, v in info.extra.items() if k != "model_path"}
+    if engine:
+        card["engine"] = engine
     if entry.route is not None:
         card["route"] = entry.route
     return card

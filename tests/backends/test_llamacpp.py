@@ -338,27 +338,45 @@ async def test_cancel_during_prompt_evaluation(smol: LlamaCppBackend) -> None:
     assert finish_of(events).completion_tokens > 0
 
 
-async def test_requests_take_turns_in_arrival_order(glm: LlamaCppBackend) -> None:
-    # The model's one queue is the gateway's admission gate, sized by the backend's capacity.
-    gate = AdmissionGate(glm.max_concurrency, max_queue=8, max_wait=60)
-    log: list[tuple[str, str]] = []
+async def test_requests_are_admitted_in_arrival_order(glm: LlamaCppBackend) -> None:
+    # The model's one queue is the gateway's admission gate, sized by the backend's capacity
+    # (its parallel sequences): it admits in arrival order, the engine batches what it admits.
+    capacity = glm.max_concurrency
+    assert capacity is not None and capacity >= 2
+    gate = AdmissionGate(capacity, max_queue=8, max_wait=60)
+    admitted: list[int] = []
+    logs: dict[int, list[str]] = {}
+    running = 0
+    most = 0
+    steps_before = glm.stats.max_sequences_per_step
 
-    async def run(name: str) -> None:
+    async def run(i: int) -> None:
+        nonlocal running, most
         request = GenerationRequest(
             glm_prompt("What is the capital of France?"), GREEDY, stop_tokens=STOP_TOKENS
         )
         slot = await gate.acquire()
+        admitted.append(i)
+        running += 1
+        most = max(most, running)
         try:
-            async for event in glm.generate(request):
-                log.append((name, type(event).__name__))
+            logs[i] = [type(event).__name__ async for event in glm.generate(request)]
         finally:
+            running -= 1
             slot.release()
 
-    await asyncio.gather(run("a"), run("b"), run("c"))
-    names = [name for name, _ in log]
-    # Each request runs start to finish before the next starts, in the order they came.
-    assert names == sorted(names)
-    assert [kind for name, kind in log if kind != "Chunk"] == ["Started", "Finished"] * 3
+    tasks = []
+    for i in range(capacity + 2):
+        tasks.append(asyncio.create_task(run(i)))
+        await asyncio.sleep(0)  # arrival order = creation order
+    await asyncio.gather(*tasks)
+    assert admitted == list(range(capacity + 2))
+    assert most == capacity
+    for kinds in logs.values():
+        assert kinds[0] == "Started" and kinds[-1] == "Finished"
+        assert set(kinds[1:-1]) == {"Chunk"}
+    # The engine decoded several of them in one step.
+    assert glm.stats.max_sequences_per_step >= max(steps_before, 2)
 
 
 async def test_engine_error_reaches_the_consumer(glm: LlamaCppBackend) -> None:

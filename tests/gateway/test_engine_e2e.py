@@ -310,3 +310,41 @@ def test_tiny_agent_loop(tiny: str) -> None:
     )
     assert final.choices[0].finish_reason == "stop"
     assert final.choices[0].message.content == "The weather in Oslo is Sunny, 21C."
+
+
+# -- the batched engine through the gateway ------------------------------------------------------
+
+
+def test_tiny_follow_up_turn_reports_cached_tokens(tiny: str) -> None:
+    client = sdk(tiny)
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    first = client.chat.completions.create(
+        model="glm-4.7-flash", messages=question, temperature=0, max_tokens=48
+    )
+    # A short unrelated request in between, as agents send for titles.
+    ask(client, "Add 2 and 3.", temperature=0, max_tokens=16)
+    answer = first.choices[0].message
+    follow_up = [
+        *question,
+        {
+            "role": "assistant",
+            "content": answer.content,
+            "reasoning_content": (answer.model_extra or {}).get("reasoning_content"),
+        },
+        {"role": "user", "content": "What is the capital of Germany?"},
+    ]
+    second = client.chat.completions.create(
+        model="glm-4.7-flash", messages=follow_up, temperature=0, max_tokens=48
+    )
+    assert first.usage is not None and second.usage is not None
+    details = second.usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens is not None
+    # At least the first turn's prompt came from the cache, not read again.
+    assert details.cached_tokens >= first.usage.prompt_tokens - 1
+    assert details.cached_tokens < second.usage.prompt_tokens
+    models = httpx.get(f"{tiny}/v1/models", timeout=10).json()["data"][0]
+    assert models["engine"]["parallel"] == 4
+    assert "model_path" not in models["engine"]
+    metrics = httpx.get(f"{tiny}/metrics", timeout=10).text
+    assert 'glm_gateway_engine_prompt_tokens_reused_total{model="glm-4.7-flash"}' in metrics
+    assert 'glm_gateway_engine_sequences_total{model="glm-4.7-flash"} 4.0' in metrics

@@ -300,7 +300,10 @@ def engine(smollm_path: Path) -> Iterator[Engine]:
         ],
         log_level="warning",
     )
-    backend = LlamaCppBackend(LlamaCppOptions(model_path=str(smollm_path), n_ctx=2048, n_batch=64))
+    # One sequence: these tests are about the line behind a busy engine.
+    backend = LlamaCppBackend(
+        LlamaCppOptions(model_path=str(smollm_path), n_ctx=2048, n_batch=64, parallel=1)
+    )
     app = create_app(settings, backends={ENGINE_MODEL: backend})
     with serve(app) as url:
         yield Engine(url, app, backend, smollm_path)

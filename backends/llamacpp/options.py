@@ -1,0 +1,60 @@
+"""How the in-process engine loads and runs a GGUF, and the counters it keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FlashAttn = Literal["auto", "on", "off"]
+CacheType = Literal["f16", "bf16", "f32", "q8_0", "q4_0"]
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaCppOptions:
+    """How to load the GGUF; names and meanings follow llama.cpp's own flags."""
+
+    model_path: str
+    # Context size in tokens, shared by all sequences (one unified KV cache, so one
+    # conversation may use all of it); 0 takes the model's trained context.
+    n_ctx: int = 8192
+    # Sequences decoded together (llama-server's --parallel): the backend's capacity.
+    parallel: int = 4
+    # Layers offloaded to the GPU; -1 = all. No effect on a CPU-only build.
+    n_gpu_layers: int = -1
+    # Threads for generation / for prompt processing; None = llama-cpp-python's choice.
+    n_threads: int | None = None
+    n_threads_batch: int | None = None
+    # Logical batch: the most tokens one engine step decodes (one token per decoding
+    # sequence plus prompt chunks up to the rest).
+    n_batch: int = 2048
+    # Physical batch; capped at n_batch.
+    n_ubatch: int = 512
+    flash_attn: FlashAttn = "auto"
+    # KV cache type; quantized types need flash attention, and llama.cpp wants V like K.
+    cache_type_k: CacheType = "f16"
+    use_mmap: bool = True
+    use_mlock: bool = False
+    # Reuse the KV cache of a sequence's common prefix with the new prompt.
+    cache_prompt: bool = True
+    # Seed for requests that set none; None = a fresh random seed per request.
+    seed: int | None = None
+    # llama.cpp's own logging to stderr.
+    verbose: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaCppStats:
+    """Counters since the model loaded (for metrics and tests)."""
+
+    tokens_generated: int = 0
+    prompt_tokens_evaluated: int = 0
+    prompt_tokens_reused: int = 0
+    # Of the reused ones, those shared from another sequence (a common system prompt).
+    prompt_tokens_shared: int = 0
+    # KV cells the sequences hold (a cell shared by two sequences counts twice) / total.
+    kv_cells_used: int = 0
+    kv_cells_total: int = 0
+    sequences_busy: int = 0
+    # Engine steps (llama_decode calls) and the largest number of sequences in one.
+    steps: int = 0
+    max_sequences_per_step: int = 0

@@ -1,0 +1,96 @@
+"""The engine's sequences and where a new request goes.
+
+Each sequence (a llama.cpp seq id in the one unified KV cache) remembers exactly the tokens
+whose KV entries it holds, prompt and generated tokens alike, so a follow-up turn reuses the
+longest common prefix token for token. Placement never trusts anything but that match: the
+conversation key only breaks ties.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# A prefix shorter than this is not worth a sequence of its own (a shared "[gMASK]<sop>" or
+# chat-template header): such a request is placed as unrelated.
+MIN_USEFUL_PREFIX = 16
+# Sharing another sequence's entries costs no compute in a unified cache (the cells gain a
+# sequence id), so a few tokens are worth it.
+MIN_SHARED_PREFIX = 4
+
+
+@dataclass(slots=True)
+class Slot:
+    seq_id: int
+    # Tokens whose KV entries this sequence holds, in position order from 0.
+    tokens: list[int] = field(default_factory=list)
+    # How many of ``tokens`` were read as prompt in whole n_batch-aligned chunks, each in a
+    # step of its own: entries a fresh read would compute bit for bit the same (see engine).
+    exact: int = 0
+    # The engine's request counter when this sequence last served one (recency).
+    last_used: int = 0
+    conversation_key: str | None = None
+    busy: bool = False
+
+    def value(self, now: int) -> float:
+        """What evicting this sequence's cache would cost: its size, discounted by age."""
+        return len(self.tokens) / (1 + max(now - self.last_used, 0))
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    slot: Slot
+    # Tokens of the slot's own cache that match the prompt.
+    common: int
+    # Another sequence holding a longer prefix, to copy it from (llama_memory_seq_cp).
+    share_from: Slot | None = None
+    share_len: int = 0
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def place(
+    slots: Sequence[Slot], prompt: Sequence[int], key: str | None, now: int
+) -> Placement | None:
+    """The free sequence for ``prompt``, or None when every sequence is busy.
+
+    Every free sequence can offer the longest prefix any sequence holds (its own, or shared
+    from the one holding it), so the choice is by what it would throw away: the tokens past
+    its own match, discounted by age. An empty or stale sequence takes a side request; a long
+    conversation is kept while a cheaper sequence exists, and a follow-up turn finds its own
+    conversation, which loses nothing. The conversation key only breaks ties.
+    """
+    free = [s for s in slots if not s.busy]
+    if not free:
+        return None
+    matches = {s.seq_id: common_prefix(s.tokens, prompt) for s in slots}
+    donor = max(slots, key=lambda s: matches[s.seq_id])
+    longest = matches[donor.seq_id]
+
+    def cost(s: Slot) -> tuple[float, bool, int]:
+        own = matches[s.seq_id]
+        useful = own if own >= MIN_USEFUL_PREFIX else 0
+        lost = (len(s.tokens) - useful) / (1 + max(now - s.last_used, 0))
+        return (lost, not _same(s, key), -own)
+
+    best = min(free, key=cost)
+    common = matches[best.seq_id]
+    if longest >= max(common + 1, MIN_SHARED_PREFIX):
+        return Placement(best, common, donor, longest)
+    return Placement(best, common)
+
+
+def pending_overlap(prompt: Sequence[int], reading: Sequence[Sequence[int]]) -> int:
+    """The longest prefix ``prompt`` shares with a prompt another sequence is still reading."""
+    return max((common_prefix(p, prompt) for p in reading), default=0)
+
+
+def _same(slot: Slot, key: str | None) -> bool:
+    return key is not None and slot.conversation_key == key

@@ -1,0 +1,235 @@
+"""The llamacpp engine serving several sequences at once, on real engines.
+
+What is asserted is what the engine guarantees: every request honours its own limits, stop
+strings and grammar whatever runs beside it; no request sees another's conversation; a cached
+prefix is reused token for token and only the new suffix is read; a cancelled sequence is
+freed without stalling the rest. glm-tiny's greedy answers are its documented behaviour, used
+only to tell conversations apart. glm-arch-tiny (GLM-4.7-Flash's llama.cpp architecture, random
+weights) is checked for running batched under flash attention and a q8_0 cache, not for text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from backends.base import BackendEvent, Chunk, Finished, GenerationRequest, SamplingParams, Started
+from backends.llamacpp import LlamaCppBackend, LlamaCppOptions
+from backends.llamacpp.options import CacheType, FlashAttn
+from gateway.glm47.tokens import STOP_TOKENS
+
+pytestmark = [pytest.mark.engine, pytest.mark.asyncio(loop_scope="module")]
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=48)
+SYSTEM = "[gMASK]<sop><|system|>You are a helpful assistant. Answer briefly and precisely."
+COUNTRIES = ("France", "Germany", "Italy", "Spain", "Japan", "Norway", "Egypt", "Peru")
+
+
+def smol_prompt(user: str) -> str:
+    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def capital_prompt(country: str) -> str:
+    return f"{SYSTEM}<|user|>What is the capital of {country}?<|assistant|><think>"
+
+
+async def load(path: Path, **kw: object) -> LlamaCppBackend:
+    options = LlamaCppOptions(model_path=str(path), n_ctx=4096, **kw)  # type: ignore[arg-type]
+    backend = LlamaCppBackend(options)
+    await backend.start()
+    return backend
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def smol(smollm_path: Path) -> AsyncIterator[LlamaCppBackend]:
+    backend = await load(smollm_path, parallel=4, n_batch=256)
+    yield backend
+    await backend.aclose()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def glm(glm_tiny_path: Path) -> AsyncIterator[LlamaCppBackend]:
+    backend = await load(glm_tiny_path, parallel=4)
+    yield backend
+    await backend.aclose()
+
+
+async def collect(backend: LlamaCppBackend, request: GenerationRequest) -> list[BackendEvent]:
+    return [event async for event in backend.generate(request)]
+
+
+def text_of(events: list[BackendEvent]) -> str:
+    return "".join(e.text for e in events if isinstance(e, Chunk))
+
+
+def finish_of(events: list[BackendEvent]) -> Finished:
+    last = events[-1]
+    assert isinstance(last, Finished)
+    return last
+
+
+def started_of(events: list[BackendEvent]) -> Started:
+    first = events[0]
+    assert isinstance(first, Started)
+    return first
+
+
+async def test_concurrent_streams_each_honour_their_own_request(smol: LlamaCppBackend) -> None:
+    story = smol_prompt("Write a long story about a dragon.")
+    full = text_of(await collect(smol, GenerationRequest(story, GREEDY)))
+    stop = f" {full.split()[5]}"
+    requests = {
+        "len5": GenerationRequest(story, SamplingParams(temperature=0.0, max_tokens=5)),
+        "len13": GenerationRequest(
+            smol_prompt("Name some colours."), SamplingParams(temperature=0.9, max_tokens=13)
+        ),
+        "stop": GenerationRequest(
+            story, SamplingParams(temperature=0.0, max_tokens=64, stop=(stop,))
+        ),
+        "grammar": GenerationRequest(
+            smol_prompt("Is the sky blue? Answer yes or no."),
+            SamplingParams(temperature=1.0, max_tokens=20),
+            grammar='root ::= ("yes" | "no") " because " [a-z ]{1,8}',
+        ),
+    }
+    before = smol.stats.max_sequences_per_step
+    results = dict(
+        zip(
+            requests,
+            await asyncio.gather(*(collect(smol, r) for r in requests.values())),
+            strict=True,
+        )
+    )
+    for name in ("len5", "len13"):
+        finished = finish_of(results[name])
+        assert finished.reason == "length", name
+        assert finished.completion_tokens == int(name[3:]), name
+    stopped = results["stop"]
+    assert stop not in text_of(stopped)
+    assert finish_of(stopped).reason == "stop"
+    assert finish_of(stopped).stop_sequence == stop
+    assert re.fullmatch(r"(yes|no) because [a-z ]{1,8}", text_of(results["grammar"]))
+    assert smol.stats.max_sequences_per_step >= max(before, 2)
+
+
+async def test_concurrent_conversations_do_not_contaminate_each_other(
+    glm: LlamaCppBackend,
+) -> None:
+    def request(country: str) -> GenerationRequest:
+        return GenerationRequest(capital_prompt(country), GREEDY, stop_tokens=STOP_TOKENS)
+
+    alone = {c: text_of(await collect(glm, request(c))) for c in COUNTRIES}
+    for country, text in alone.items():
+        assert f"capital of {country}" in text, text  # the fixture's trained format
+    batched = await asyncio.gather(*(collect(glm, request(c)) for c in COUNTRIES))
+    for country, events in zip(COUNTRIES, batched, strict=True):
+        text = text_of(events)
+        assert f"capital of {country}" in text, text
+        others = [c for c in COUNTRIES if c != country and c in text]
+        assert not others, f"{country}'s answer mentions {others}: {text}"
+        assert finish_of(events).reason == "stop"
+        # The shared system prompt came from the cache, not read again.
+        assert started_of(events).cached_tokens > 0
+
+
+async def test_side_requests_do_not_evict_the_main_conversation(smollm_path: Path) -> None:
+    backend = await load(smollm_path, parallel=2, n_batch=256)
+    try:
+        notes = "The build failed in module parser because of a missing import. " * 30
+        turn1 = smol_prompt(f"Here are my notes:\n{notes}\nSummarise them.")
+        sampling = SamplingParams(temperature=0.0, max_tokens=24)
+        first = await collect(backend, GenerationRequest(turn1, sampling))
+        n1 = started_of(first).prompt_tokens
+        for title in ("Write a title for: cats", "Write a title for: rain"):
+            await collect(backend, GenerationRequest(smol_prompt(title), sampling))
+        turn2 = f"{turn1}{text_of(first)}<|im_end|>\n<|im_start|>user\nAnd the fix?<|im_end|>\n"
+        turn2 += "<|im_start|>assistant\n"
+        evaluated = backend.stats.prompt_tokens_evaluated
+        second = await collect(backend, GenerationRequest(turn2, sampling))
+        started = started_of(second)
+        # Everything up to the first turn's answer was reused, generated tokens included.
+        assert started.cached_tokens >= n1
+        assert finish_of(second).cached_tokens == started.cached_tokens
+        read = backend.stats.prompt_tokens_evaluated - evaluated
+        assert read == started.prompt_tokens - started.cached_tokens
+        assert read < 40
+    finally:
+        await backend.aclose()
+
+
+async def test_parallel_requests_share_a_common_prefix(smol: LlamaCppBackend) -> None:
+    prefix = "Context: " + "the server logs show a timeout in the payment service. " * 40
+    prompts = [
+        smol_prompt(f"{prefix}\nQuestion {i}: what should we check first?") for i in range(4)
+    ]
+    sampling = SamplingParams(temperature=0.0, max_tokens=4)
+    evaluated = smol.stats.prompt_tokens_evaluated
+    shared = smol.stats.prompt_tokens_shared
+    results = await asyncio.gather(
+        *(collect(smol, GenerationRequest(p, sampling)) for p in prompts)
+    )
+    total = sum(started_of(r).prompt_tokens for r in results)
+    read = smol.stats.prompt_tokens_evaluated - evaluated
+    # About the prefix once plus four suffixes: far less than four prompts.
+    assert read < total / 2
+    assert smol.stats.prompt_tokens_shared > shared
+    assert all(finish_of(r).completion_tokens == 4 for r in results)
+
+
+async def test_cancelling_one_batched_stream_leaves_the_others_going(
+    smol: LlamaCppBackend,
+) -> None:
+    long = SamplingParams(temperature=0.0, max_tokens=400)
+    streams = [
+        smol.generate(GenerationRequest(smol_prompt(f"Write a very long story number {i}."), long))
+        for i in range(3)
+    ]
+    counts = [0, 0, 0]
+
+    async def read(i: int, until: int) -> None:
+        async for event in streams[i]:
+            if isinstance(event, Chunk):
+                counts[i] += 1
+                if counts[i] >= until:
+                    return
+
+    await asyncio.gather(*(read(i, 3) for i in range(3)))
+    assert smol.stats.sequences_busy == 3
+    await streams[0].aclose()  # returns once its sequence is free
+    assert smol.stats.sequences_busy == 2
+    await asyncio.wait_for(asyncio.gather(read(1, 20), read(2, 20)), 60)
+    assert counts[1] >= 20 and counts[2] >= 20
+    for stream in streams[1:]:
+        await stream.aclose()
+    assert smol.stats.sequences_busy == 0
+
+
+@pytest.mark.parametrize(
+    ("flash_attn", "cache_type"),
+    [("off", "f16"), ("on", "f16"), ("on", "q8_0")],
+)
+async def test_glm_arch_tiny_runs_batched(
+    glm_arch_tiny_path: Path, flash_attn: FlashAttn, cache_type: CacheType
+) -> None:
+    backend = await load(
+        glm_arch_tiny_path, parallel=4, flash_attn=flash_attn, cache_type_k=cache_type
+    )
+    try:
+        assert backend.info.extra["cache_type_k"] == cache_type
+        sampling = SamplingParams(temperature=0.0, max_tokens=12)
+        prompts = [f"[gMASK]<sop><|user|>Hello {i}<|assistant|><think>" for i in range(4)]
+        results = await asyncio.gather(
+            *(collect(backend, GenerationRequest(p, sampling)) for p in prompts)
+        )
+        for events in results:
+            finished = finish_of(events)
+            # Random weights never pick an end token here: the limit ends every stream.
+            assert finished.completion_tokens == 12 or finished.reason == "stop"
+        assert backend.stats.max_sequences_per_step >= 2
+    finally:
+        await backend.aclose()
