@@ -84,7 +84,7 @@ def serve(app: FastAPI, *, ready_timeout: float = 120.0) -> Iterator[str]:
     import httpx
 
     port = free_port()
-    settings = getattr(app.state, "settings", None)
+    settings = getattr(getattr(app, "state", None), "settings", None)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

@@ -181,6 +181,10 @@ class Engine:
             key=lambda s: s.value(self._requests),
         )
         held = sum(len(s.tokens) for s in idle)
+        source = placement.share_from
+        if source is not None and not source.busy:
+            # The source stays resident: what the new sequence does not share is held too.
+            held += max(len(source.tokens) - placement.share_len, 0)
         need = self._need(job)
         while reserved + held + need > self.n_ctx and idle:
             victim = idle.pop(0)
@@ -262,6 +266,10 @@ class Engine:
             return
         batch.n_tokens = n
         rc = int(self._lib.llama_decode(self._m.ctx, batch))
+        if rc == 1 and self._evict_idle():
+            # No KV slot for the batch (llama.cpp restored the cache as it was): the cells of
+            # idle conversations go, and the step is tried once more.
+            rc = int(self._lib.llama_decode(self._m.ctx, batch))
         if rc != 0:
             self._fail_all(BackendError(f"llama_decode failed ({rc})"))
             return
@@ -290,6 +298,16 @@ class Engine:
                 self._end(a, BackendError(f"llama.cpp sampling failed: {exc!r}"))
                 continue
             self._on_token(a, token)
+
+    def _evict_idle(self) -> bool:
+        evicted = False
+        for slot in self._slots:
+            if not slot.busy and slot.tokens:
+                self._m.seq_rm(slot.seq_id, 0)
+                slot.tokens = []
+                slot.exact = 0
+                evicted = True
+        return evicted
 
     def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         b = self._batch

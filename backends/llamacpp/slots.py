@@ -34,7 +34,7 @@ class Slot:
 
     def value(self, now: int) -> float:
         """What evicting this sequence's cache would cost: its size, discounted by age."""
-        return len(self.tokens) / (1 + max(now - self.last_used, 0))
+        return len(self.tokens) / _age_discount(now - self.last_used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +77,7 @@ def place(
     def cost(s: Slot) -> tuple[float, bool, int]:
         own = matches[s.seq_id]
         useful = own if own >= MIN_USEFUL_PREFIX else 0
-        lost = (len(s.tokens) - useful) / (1 + max(now - s.last_used, 0))
+        lost = (len(s.tokens) - useful) / _age_discount(now - s.last_used)
         return (lost, not _same(s, key), -own)
 
     best = min(free, key=cost)
@@ -90,6 +90,13 @@ def place(
 def pending_overlap(prompt: Sequence[int], reading: Sequence[Sequence[int]]) -> int:
     """The longest prefix ``prompt`` shares with a prompt another sequence is still reading."""
     return max((common_prefix(p, prompt) for p in reading), default=0)
+
+
+def _age_discount(age: int) -> float:
+    """Squared, so the conversation served last outweighs an older one several times its size:
+    a side request must not land on the turn an agent is about to continue, while a long
+    conversation idle for a few requests still beats a short stale one."""
+    return float((1 + max(age, 0)) ** 2)
 
 
 def _same(slot: Slot, key: str | None) -> bool:
