@@ -28,7 +28,7 @@ import openai
 import pytest
 
 from backends.llamacpp import LlamaCppBackendSettings
-from backends.vllm import VllmBackend, VllmBackendSettings, VllmReplica, VllmReplicaSettings
+from backends.remote import RemoteBackend, RemoteBackendSettings, RemoteReplica, RemoteReplicaSettings
 from gateway.app import create_app
 from gateway.settings import ModelSettings, Settings
 from tests.conftest import FIXTURES, GLM_TINY_TOOLS, OpenAIClients, free_port, serve
@@ -184,9 +184,9 @@ def vllm_settings(*urls: str, health_interval: float = 5.0) -> Settings:
         models=[
             ModelSettings(
                 id=MODEL,
-                backend=VllmBackendSettings(
+                backend=RemoteBackendSettings(
                     model=SERVED_NAME,
-                    replicas=[VllmReplicaSettings(url=u) for u in urls],
+                    replicas=[RemoteReplicaSettings(url=u) for u in urls],
                     health_interval=health_interval,
                     read_timeout=120,
                 ),
@@ -518,8 +518,8 @@ def test_replica_killed_mid_test_later_requests_all_succeed(
     vllm_servers: list[VllmServer], caplog: pytest.LogCaptureFixture
 ) -> None:
     first, second = vllm_servers
-    backend = VllmBackend(
-        [VllmReplica(first.url, read_timeout=120), VllmReplica(second.url, read_timeout=120)],
+    backend = RemoteBackend(
+        [RemoteReplica(first.url, read_timeout=120), RemoteReplica(second.url, read_timeout=120)],
         model=SERVED_NAME,
         # No health check runs during the test after start(): the dead replica must be found
         # by the requests themselves (a refused connection, then a retry on the other).

@@ -1,4 +1,4 @@
-"""The vLLM replicas: how each is reached, and what the backend knows of it."""
+"""The replicas: how each is reached, and what the backend knows of it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import httpx
 
 
 @dataclass(frozen=True, slots=True)
-class VllmReplica:
-    """One vLLM OpenAI server, with its timeouts already resolved (replica over backend)."""
+class RemoteReplica:
+    """One OpenAI-completions server, with its timeouts already resolved (replica over
+    backend)."""
 
     url: str
     api_key: str | None = None
@@ -20,16 +21,21 @@ class VllmReplica:
 @dataclass(slots=True)
 class ReplicaState:
     index: int
-    replica: VllmReplica
+    replica: RemoteReplica
+    # How the engine names itself to clients ("vLLM", "llama-server").
+    label: str = "vLLM"
     healthy: bool = False
     in_flight: int = 0
     # From the replica's /v1/models; None until read.
     max_model_len: int | None = None
+    # Requests sent here, and of those, how many the affinity rule sent (for info and tests).
+    routed: int = 0
+    affine: int = 0
 
     @property
     def name(self) -> str:
         # What clients may see: the replica's position, never its URL (an internal address).
-        return f"vLLM replica {self.index + 1}"
+        return f"{self.label} replica {self.index + 1}"
 
     @property
     def base(self) -> str:
@@ -58,3 +64,5 @@ class ReplicaStatus:
     healthy: bool
     in_flight: int
     max_model_len: int | None
+    routed: int = 0
+    affine: int = 0

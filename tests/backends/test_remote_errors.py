@@ -32,7 +32,7 @@ from backends.errors import (
     BadRequest,
     PromptTooLong,
 )
-from backends.vllm import VllmBackend, VllmBackendSettings, VllmReplica, VllmReplicaSettings
+from backends.remote import RemoteBackend, RemoteBackendSettings, RemoteReplica, RemoteReplicaSettings
 from gateway.errors import from_backend
 from gateway.glm47.tokens import STOP_TOKENS
 
@@ -161,13 +161,13 @@ class FakeVllm:
         health_interval: float = 3600.0,
         context_length: int | None = None,
         **replica_options: Any,
-    ) -> VllmBackend:
+    ) -> RemoteBackend:
         keys = keys or {}
         replicas = [
-            VllmReplica(url=f"http://{name}:8000", api_key=keys.get(name), **replica_options)
+            RemoteReplica(url=f"http://{name}:8000", api_key=keys.get(name), **replica_options)
             for name in self.replicas
         ]
-        return VllmBackend(
+        return RemoteBackend(
             replicas,
             model="glm",
             transport=self.transport,
@@ -184,11 +184,11 @@ def error(status: int, message: str, param: str | None = None) -> Handler:
     return handler
 
 
-async def run(backend: VllmBackend, request: GenerationRequest = REQUEST) -> list[BackendEvent]:
+async def run(backend: RemoteBackend, request: GenerationRequest = REQUEST) -> list[BackendEvent]:
     return [e async for e in backend.generate(request)]
 
 
-async def started(backend: VllmBackend) -> list[BackendEvent]:
+async def started(backend: RemoteBackend) -> list[BackendEvent]:
     await backend.start()
     return await run(backend)
 
@@ -708,15 +708,15 @@ async def test_api_key_per_replica(fake: FakeVllm) -> None:
 
 
 async def test_from_settings_replica_overrides_backend(fake: FakeVllm) -> None:
-    backend = VllmBackend.from_settings(
-        VllmBackendSettings(
+    backend = RemoteBackend.from_settings(
+        RemoteBackendSettings(
             model="glm",
             connect_timeout=3,
             read_timeout=30,
             health_interval=3600,
             replicas=[
-                VllmReplicaSettings(url="http://r0:8000", api_key="k0", read_timeout=99),
-                VllmReplicaSettings(url="http://r1:8000/", connect_timeout=1),
+                RemoteReplicaSettings(url="http://r0:8000", api_key="k0", read_timeout=99),
+                RemoteReplicaSettings(url="http://r1:8000/", connect_timeout=1),
             ],
         ),
         transport=fake.transport,
