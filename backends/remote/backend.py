@@ -248,7 +248,10 @@ class RemoteBackend(Backend):
         body["add_special_tokens" if field == "prompt" else "add_special"] = False
         try:
             response = await client.post(
-                f"{state.base}/tokenize", json=body, headers=state.headers(), timeout=state.timeout()
+                f"{state.base}/tokenize",
+                json=body,
+                headers=state.headers(),
+                timeout=state.timeout(),
             )
         except httpx.HTTPError as exc:
             raise transport_error(state, exc, 0, self._mark_down)[0] from exc

@@ -42,7 +42,9 @@ def status_error(
             )
         )
     if status == 404:
-        return Retryable(BackendError(f"{state.name} does not serve the model {model!r}: {message}"))
+        return Retryable(
+            BackendError(f"{state.name} does not serve the model {model!r}: {message}")
+        )
     if status in _UNAVAILABLE_STATUSES:
         mark_down(state, f"HTTP {status}")
         return Retryable(

@@ -28,7 +28,9 @@ async def check(
     timeout = httpx.Timeout(connect=r.connect_timeout, read=max(interval, 2.0), write=5.0, pool=5.0)
     reason = ""
     try:
-        response = await client.get(f"{state.base}/health", headers=state.headers(), timeout=timeout)
+        response = await client.get(
+            f"{state.base}/health", headers=state.headers(), timeout=timeout
+        )
         healthy = response.status_code == 200
         if not healthy:
             reason = f"/health answered {response.status_code}"

@@ -32,7 +32,12 @@ from backends.errors import (
     BadRequest,
     PromptTooLong,
 )
-from backends.remote import RemoteBackend, RemoteBackendSettings, RemoteReplica, RemoteReplicaSettings
+from backends.remote import (
+    RemoteBackend,
+    RemoteBackendSettings,
+    RemoteReplica,
+    RemoteReplicaSettings,
+)
 from gateway.errors import from_backend
 from gateway.glm47.tokens import STOP_TOKENS
 

@@ -28,7 +28,12 @@ import openai
 import pytest
 
 from backends.llamacpp import LlamaCppBackendSettings
-from backends.remote import RemoteBackend, RemoteBackendSettings, RemoteReplica, RemoteReplicaSettings
+from backends.remote import (
+    RemoteBackend,
+    RemoteBackendSettings,
+    RemoteReplica,
+    RemoteReplicaSettings,
+)
 from gateway.app import create_app
 from gateway.settings import ModelSettings, Settings
 from tests.conftest import FIXTURES, GLM_TINY_TOOLS, OpenAIClients, free_port, serve
