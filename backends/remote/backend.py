@@ -37,7 +37,8 @@ when it happens before the first chunk. A read timeout is not: the replica may s
 working on the prompt, and a retry would double the load that made it slow.
 
 Cancellation: the consumer closing this generator (client gone) exits the HTTP stream
-context, which closes the connection; the engine sees the disconnect and aborts the request.
+context, which closes the connection (``http.HttpClient.stream``); the engine sees the
+disconnect and aborts the request.
 
 The gateway never imports an engine: each runs in its own process (``scripts/setup-vllm.sh``,
 ``scripts/build-llama-server.sh``).
@@ -51,14 +52,13 @@ import logging
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from ..base import Backend, BackendEvent, Finished, GenerationRequest, ModelInfo, Started
 from ..errors import BackendError, BackendNotReady, BackendUnavailable
 from ..stops import StopMatcher
 from . import health
 from .engines import ENGINES, Engine, token_count
 from .failures import Retryable, status_error, transport_error
+from .http import HttpClient, UpstreamError
 from .reader import Attempt, read_stream
 from .replicas import RemoteReplica, ReplicaState, ReplicaStatus
 from .routing import Router
@@ -84,12 +84,8 @@ class RemoteBackend(Backend):
         health_interval: float = 5.0,
         routing: RoutingName | None = None,
         affinity_balance: float = 0.25,
-        client: httpx.AsyncClient | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """``routing`` None: affinity with more than one replica. ``client`` or ``transport``
-        (e.g. ``httpx.MockTransport``) replace the real network in tests; a given client is
-        not closed by ``aclose``."""
+        """``routing`` None: affinity with more than one replica."""
         if not replicas:
             raise ValueError("the remote backend needs at least one replica")
         self._engine: Engine = ENGINES[engine]
@@ -101,16 +97,12 @@ class RemoteBackend(Backend):
         self._model = model
         self._context_length = context_length
         self._health_interval = health_interval
-        self._given_client = client
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._client: HttpClient | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._closed = False
 
     @classmethod
-    def from_settings(
-        cls, opts: RemoteBackendSettings, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> RemoteBackend:
+    def from_settings(cls, opts: RemoteBackendSettings) -> RemoteBackend:
         replicas = [
             RemoteReplica(
                 url=r.url,
@@ -128,7 +120,6 @@ class RemoteBackend(Backend):
             health_interval=opts.health_interval,
             routing=opts.routing,
             affinity_balance=opts.affinity_balance,
-            transport=transport,
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -137,12 +128,7 @@ class RemoteBackend(Backend):
         if self._client is not None:
             return
         self._closed = False
-        self._client = self._given_client or httpx.AsyncClient(
-            transport=self._transport,
-            # No connection cap: every in-flight generation holds one streaming connection,
-            # and the gateway's admission control already bounds how many there are.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
-        )
+        self._client = HttpClient()
         # One round now, so the gateway is ready as soon as a replica is; replicas that are
         # down stay out until the background checks see them up. Never raises: a gateway that
         # starts before its engine servers simply is not ready yet.
@@ -157,7 +143,7 @@ class RemoteBackend(Backend):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         client, self._client = self._client, None
-        if client is not None and client is not self._given_client:
+        if client is not None:
             await client.aclose()
         for state in self._replicas:
             state.healthy = False
@@ -248,14 +234,11 @@ class RemoteBackend(Backend):
         body["add_special_tokens" if field == "prompt" else "add_special"] = False
         try:
             response = await client.post(
-                f"{state.base}/tokenize",
-                json=body,
-                headers=state.headers(),
-                timeout=state.timeout(),
+                f"{state.base}/tokenize", body, state.headers(), state.timeout()
             )
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             raise transport_error(state, exc, 0, self._mark_down)[0] from exc
-        if response.status_code != 200:
+        if response.status != 200:
             error = status_error(state, response, self._model, self._mark_down)
             raise error.error if isinstance(error, Retryable) else error
         count = token_count(response.json())
@@ -285,15 +268,14 @@ class RemoteBackend(Backend):
             state.routed += 1
             try:
                 async with client.stream(
-                    "POST",
                     f"{state.base}/v1/completions",
-                    json=self._body(request, state),
-                    headers=state.headers(),
-                    timeout=state.timeout(),
+                    self._body(request, state),
+                    state.headers(),
+                    state.timeout(),
                 ) as response:
-                    if response.status_code != 200:
-                        await response.aread()
-                        raise status_error(state, response, self._model, self._mark_down)
+                    if response.status != 200:
+                        reply = await response.read()
+                        raise status_error(state, reply, self._model, self._mark_down)
                     # Headers are in: the engine has validated the request (prompt length,
                     # grammar, sampling). The prompt's token count arrives with the usage.
                     if not started:
@@ -309,7 +291,7 @@ class RemoteBackend(Backend):
                 last = exc.error
                 logger.warning("%s failed before the first chunk: %s", state.name, exc.error)
                 continue
-            except httpx.HTTPError as exc:
+            except UpstreamError as exc:
                 error, retry = transport_error(state, exc, attempt.chunks, self._mark_down)
                 if not retry or attempt.chunks:
                     raise error from exc

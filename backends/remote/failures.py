@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
 from ..errors import BackendError, BackendTimeout, BackendUnavailable
+from .http import Reply, UpstreamConnectError, UpstreamError, UpstreamTimeout
 from .replicas import ReplicaState
 from .wire import client_error, upstream_message, upstream_param
 
@@ -28,9 +27,9 @@ class Retryable(Exception):
 
 
 def status_error(
-    state: ReplicaState, response: httpx.Response, model: str, mark_down: MarkDown
+    state: ReplicaState, response: Reply, model: str, mark_down: MarkDown
 ) -> Exception:
-    status = response.status_code
+    status = response.status
     message = upstream_message(response)
     if status in _CLIENT_ERROR_STATUSES:
         return client_error(message, upstream_param(response))
@@ -65,20 +64,18 @@ def event_error(state: ReplicaState, error: Any) -> Exception:
 
 
 def transport_error(
-    state: ReplicaState, exc: httpx.HTTPError, chunks: int, mark_down: MarkDown
+    state: ReplicaState, exc: UpstreamError, chunks: int, mark_down: MarkDown
 ) -> tuple[BackendError, bool]:
     """The error to raise for a network failure, and whether another replica may help."""
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+    if isinstance(exc, UpstreamConnectError):
         mark_down(state, f"{type(exc).__name__}: {exc}")
         return BackendUnavailable(f"{state.name} cannot be reached"), True
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, UpstreamTimeout):
         return (
             BackendTimeout(f"{state.name} sent nothing for {state.replica.read_timeout:g} s"),
             False,
         )
-    if isinstance(exc, httpx.TransportError):
-        # The connection dropped: a replica that crashed or is shutting down.
-        mark_down(state, f"{type(exc).__name__}: {exc}")
-        where = "during the generation" if chunks else "before answering"
-        return BackendError(f"{state.name} dropped the connection {where}"), True
-    return BackendError(f"{state.name} failed: {type(exc).__name__}"), False
+    # The connection dropped: a replica that crashed or is shutting down.
+    mark_down(state, f"{type(exc).__name__}: {exc}")
+    where = "during the generation" if chunks else "before answering"
+    return BackendError(f"{state.name} dropped the connection {where}"), True

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import logging
 
-import httpx
-
 from ..errors import BackendError
 from .engines import Engine, context_length, served_ids
+from .http import HttpClient, Timeouts
 from .replicas import ReplicaState
 
 logger = logging.getLogger("glm_gateway.backends.remote")
 
 
 async def check(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     state: ReplicaState,
     *,
     engine: Engine,
@@ -25,15 +24,15 @@ async def check(
     """One check of one replica; sets ``state.healthy`` (and logs a change). Never raises."""
     r = state.replica
     # A health answer slower than the interval is as good as none.
-    timeout = httpx.Timeout(connect=r.connect_timeout, read=max(interval, 2.0), write=5.0, pool=5.0)
+    timeout = Timeouts(connect=r.connect_timeout, read=max(interval, 2.0))
     reason = ""
     try:
         response = await client.get(
-            f"{state.base}/health", headers=state.headers(), timeout=timeout
+            f"{state.base}/health", headers=state.headers(), timeouts=timeout
         )
-        healthy = response.status_code == 200
+        healthy = response.status == 200
         if not healthy:
-            reason = f"/health answered {response.status_code}"
+            reason = f"/health answered {response.status}"
         elif state.max_model_len is None:
             # Without the replica's context length there is no sane max_tokens default
             # (vLLM's is 16), so a replica only counts as up once it is known.
@@ -53,16 +52,19 @@ async def check(
 
 
 async def _context_length(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     state: ReplicaState,
     engine: Engine,
     model: str,
-    timeout: httpx.Timeout,
+    timeout: Timeouts,
 ) -> int | None:
-    response = await client.get(f"{state.base}/v1/models", headers=state.headers(), timeout=timeout)
-    if response.status_code in (401, 403):
+    response = await client.get(
+        f"{state.base}/v1/models", headers=state.headers(), timeouts=timeout
+    )
+    if response.status in (401, 403):
         raise BackendError(f"{state.name} rejected its api_key on /v1/models")
-    response.raise_for_status()
+    if response.status != 200:
+        raise BackendError(f"/v1/models answered {response.status}")
     data = response.json()
     entries = data.get("data") if isinstance(data, dict) else None
     entries = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []

@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from ..base import Chunk, Finished, FinishReason
 from ..errors import BackendError, BackendUnavailable
 from ..stops import StopMatcher
 from .failures import Retryable, event_error
+from .http import Stream
 from .replicas import ReplicaState
 from .wire import int_field, sse_data
 
@@ -27,7 +26,7 @@ class Attempt:
 
 async def read_stream(
     state: ReplicaState,
-    response: httpx.Response,
+    response: Stream,
     attempt: Attempt,
     stops: StopMatcher | None,
     mark_down: Callable[[ReplicaState, str], None],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
+from .http import Timeouts
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +45,8 @@ class ReplicaState:
         key = self.replica.api_key
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def timeout(self) -> httpx.Timeout:
-        r = self.replica
-        return httpx.Timeout(
-            connect=r.connect_timeout,
-            # httpx's read timeout bounds each read: the wait between two chunks of a stream.
-            read=r.read_timeout,
-            write=r.read_timeout,
-            pool=r.connect_timeout,
-        )
+    def timeout(self) -> Timeouts:
+        return Timeouts(connect=self.replica.connect_timeout, read=self.replica.read_timeout)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,11 +31,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from ..base import GenerationRequest
 from ..errors import BadRequest, PromptTooLong
 from .engines import ENGINES, Engine
+from .http import Reply, Stream
 
 # Phrases in vLLM's 400 messages when the prompt (or prompt + max_tokens) does not fit.
 _CONTEXT_PHRASES = ("maximum context length", "max_model_len", "context length", "context size")
@@ -72,10 +71,10 @@ def completion_body(
     return body
 
 
-async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
+async def sse_data(response: Stream) -> AsyncIterator[str]:
     """The ``data`` of each server-sent event (multi-line data joined, comments skipped)."""
     lines: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in response.lines():
         if not line:
             if lines:
                 yield "\n".join(lines)
@@ -86,12 +85,12 @@ async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
         yield "\n".join(lines)
 
 
-def upstream_message(response: httpx.Response) -> str:
+def upstream_message(response: Reply) -> str:
     """vLLM's error message: ``{"error": {"message": ...}}``, older shapes, or the raw body."""
     try:
         data = response.json()
     except ValueError:
-        return response.text.strip()[:1000] or response.reason_phrase
+        return response.text.strip()[:1000] or response.reason
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
@@ -102,7 +101,7 @@ def upstream_message(response: httpx.Response) -> str:
     return response.text.strip()[:1000]
 
 
-def upstream_param(response: httpx.Response) -> str | None:
+def upstream_param(response: Reply) -> str | None:
     with contextlib.suppress(ValueError):
         data = response.json()
         error = data.get("error") if isinstance(data, dict) else None

@@ -16,11 +16,14 @@ from backends.remote.replicas import RemoteReplica, ReplicaState
 from backends.remote.routing import Router
 from gateway.glm47.render import render_prompt, stable_prefix_length
 from gateway.settings import Settings
-from tests.backends.test_remote_errors import PROMPT, FakeVllm, event, sse
+from tests.backends.test_remote_errors import PROMPT, FakeVllm, Opener, event, open_fake, sse
 
 
 def states(n: int) -> list[ReplicaState]:
     return [ReplicaState(i, RemoteReplica(f"http://r{i}:8000"), healthy=True) for i in range(n)]
+
+
+__all__ = ["open_fake"]  # the fixture, shared with test_remote_errors
 
 
 def request(key: str | None = None, prompt: str = PROMPT, prefix: int = 0) -> GenerationRequest:
@@ -156,8 +159,8 @@ async def test_default_routing_is_affinity_with_several_replicas() -> None:
     assert isinstance(backend, RemoteBackendSettings) and backend.engine == "vllm"
 
 
-async def test_conversations_stick_to_replicas_through_the_backend() -> None:
-    fake = FakeVllm(2)
+async def test_conversations_stick_to_replicas_through_the_backend(open_fake: Opener) -> None:
+    fake = await open_fake(2)
     backend = fake.backend()
     await backend.start()
     homes: dict[str, int] = {}
@@ -175,8 +178,8 @@ async def test_conversations_stick_to_replicas_through_the_backend() -> None:
     await backend.aclose()
 
 
-async def test_burst_spreads_through_the_backend() -> None:
-    fake = FakeVllm(2)
+async def test_burst_spreads_through_the_backend(open_fake: Opener) -> None:
+    fake = await open_fake(2)
     hanging(fake)
     backend = fake.backend()
     await backend.start()
@@ -194,19 +197,22 @@ async def test_burst_spreads_through_the_backend() -> None:
     await backend.aclose()
 
 
-async def test_dead_home_replica_moves_the_conversation_without_a_failure() -> None:
-    fake = FakeVllm(2)
+async def test_dead_home_replica_moves_the_conversation_without_a_failure(
+    open_fake: Opener,
+) -> None:
+    fake = await open_fake(2)
     backend = fake.backend()
     await backend.start()
     events = [e async for e in backend.generate(request("a"))]
     assert isinstance(events[0], Started)
     home = backend.router.owner("c:a")
     assert home is not None
-    fake[f"r{home}"].health = 0  # refuses connections from now on
+    await fake[f"r{home}"].refuse()  # refuses connections from now on
     events = [e async for e in backend.generate(request("a"))]
     assert isinstance(events[0], Started)
     assert backend.router.owner("c:a") == 1 - home
     assert not backend.replicas[home].healthy
+    await backend.aclose()
 
 
 @pytest.mark.parametrize("engine", ["vllm", "llama-server", "sglang"])
