@@ -73,11 +73,12 @@ class Stream:
             body = await self._response.read()
         return Reply(self.status, body, self._response.reason or "")
 
-    async def lines(self) -> AsyncIterator[str]:
-        """The body's lines, without their line ends."""
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives: whatever one read brought (one or more SSE events, or
+        part of one), so that events that came together are handled without a wait each."""
         async with _mapped():
-            async for raw in self._response.content:
-                yield raw.decode("utf-8").rstrip("\r\n")
+            async for chunk in self._response.content.iter_any():
+                yield chunk
 
     @property
     def finished(self) -> bool:

@@ -72,17 +72,27 @@ def completion_body(
 
 
 async def sse_data(response: Stream) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event (multi-line data joined, comments skipped)."""
-    lines: list[str] = []
-    async for line in response.lines():
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            lines.append(line[5:].removeprefix(" "))
-    if lines:
-        yield "\n".join(lines)
+    """The ``data`` of each server-sent event (multi-line data joined, comments and other
+    fields skipped; CRLF line ends read as LF)."""
+    buffer = b""
+    async for chunk in response.chunks():
+        buffer += chunk
+        if b"\r" in buffer:
+            # A CR at the very end stays: its LF may come with the next chunk.
+            buffer = buffer.replace(b"\r\n", b"\n")
+        *events, buffer = buffer.split(b"\n\n")
+        for raw in events:
+            data = _data_of(raw)
+            if data is not None:
+                yield data
+    data = _data_of(buffer)
+    if data is not None:
+        yield data
+
+
+def _data_of(raw: bytes) -> str | None:
+    lines = [line[5:].removeprefix(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines).decode("utf-8") if lines else None
 
 
 def upstream_message(response: Reply) -> str:

@@ -890,3 +890,19 @@ async def test_cancelling_the_consumer_task_closes_the_upstream_response(fake: F
     (body,) = fake["r0"].bodies + fake["r1"].bodies
     await until(lambda: body.closed)
     await backend.aclose()
+
+
+async def test_events_split_anywhere_and_crlf_read_the_same(fake: FakeVllm) -> None:
+    whole = b"".join(sse(*GOOD, "[DONE]")).replace(b"\n", b"\r\n")
+    pieces = [whole[i : i + 7] for i in range(0, len(whole), 7)]
+    for name in fake.replicas:
+        fake[name].completion = lambda r: fake[r.url.host].stream(pieces)
+    backend = fake.backend()
+    events = await started(backend)
+    assert events[1:] == [
+        Chunk("Hi", 2),
+        Chunk(" there.</think>", 2),
+        Chunk("Hello!", 1),
+        Finished("stop", 12, 5),
+    ]
+    await backend.aclose()
