@@ -37,7 +37,7 @@ from backends.remote import (
 )
 from backends.remote.settings import RoutingName
 from gateway.app import create_app
-from gateway.settings import ModelSettings, Settings
+from gateway.settings import LoopGuardSettings, ModelSettings, RouteSettings, Settings
 from tests.conftest import FIXTURES, GLM_TINY_TOOLS, OpenAIClients, free_port, serve
 
 pytestmark = pytest.mark.engine
@@ -187,12 +187,23 @@ def vllm_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Vllm
 
 
 def vllm_settings(
-    *urls: str, health_interval: float = 5.0, routing: RoutingName | None = None
+    *urls: str,
+    health_interval: float = 5.0,
+    routing: RoutingName | None = None,
+    loop_guard: bool = True,
 ) -> Settings:
+    # The cancellation test needs a generation that runs on: glm-tiny's "hello hello ..." is
+    # exactly what the loop guard stops.
+    routes = (
+        {}
+        if loop_guard
+        else {"general": RouteSettings(loop_guard=LoopGuardSettings(enabled=False))}
+    )
     return Settings(
         models=[
             ModelSettings(
                 id=MODEL,
+                routes=routes,
                 backend=RemoteBackendSettings(
                     model=SERVED_NAME,
                     replicas=[RemoteReplicaSettings(url=u) for u in urls],
@@ -208,7 +219,8 @@ def vllm_settings(
 @pytest.fixture(scope="module")
 def gateway(vllm_servers: list[VllmServer]) -> Iterator[str]:
     """The gateway on the first vLLM server, built from settings as ``serve`` would build it."""
-    with serve(create_app(vllm_settings(vllm_servers[0].url)), ready_timeout=60) as url:
+    settings = vllm_settings(vllm_servers[0].url, loop_guard=False)
+    with serve(create_app(settings), ready_timeout=60) as url:
         yield url
 
 
