@@ -53,6 +53,10 @@ class GenerationRequest:
     # placement hint for engines with several cached sequences or replicas, never a
     # substitute for matching the prompt itself.
     conversation_key: str | None = None
+    # How many leading characters of ``prompt`` stay the same over the conversation's turns
+    # (system prompt, tools, first user message); 0: unknown. Without a conversation key, a
+    # hash of that part stands in for one (replica affinity).
+    stable_prefix: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""``python -m bench [all|overhead|engine|parser|vllm|report] [--quick] [--rounds N]``
+"""``python -m bench [all|overhead|engine|parser|vllm|routing|report] [--quick] [--rounds N]``
 
 Runs the side-by-side benchmarks, prints tables, writes JSON and PNG plots under
 bench/results/ and the tables into docs/BENCHMARKS.md. See docs/BENCHMARKS.md.
@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-PARTS = ("overhead", "engine", "parser", "vllm")
+PARTS = ("overhead", "engine", "parser", "vllm", "routing")
 
 
 def _run_part(name: str, quick: bool, rounds: int) -> Any:
@@ -41,6 +41,10 @@ def _run_part(name: str, quick: bool, rounds: int) -> Any:
         if quick:
             return vllm_path.run(rounds=1, n=3)
         return vllm_path.run(rounds=rounds)
+    if name == "routing":
+        from . import routing
+
+        return routing.run(rounds=1 if quick else rounds)
     raise ValueError(name)
 
 

@@ -177,7 +177,7 @@ def run(
             {
                 "id": "stub",
                 "backend": {
-                    "type": "vllm",
+                    "type": "remote",
                     "replicas": [{"url": upstream.base}],
                     "model": "stub",
                 },

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import GenerationRequest, SamplingParams
-from backends.vllm.wire import completion_body
+from backends.remote.wire import completion_body
 from gateway.glm47.tokens import STOP_TOKENS
 
 from . import servers as srv

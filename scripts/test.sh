@@ -21,6 +21,11 @@ bash scripts/fetch-test-models.sh
 # CI=1 without it). Idempotent: about 3 minutes the first time, instant after.
 VLLM_PYTHON=$(bash scripts/setup-vllm.sh)
 export VLLM_PYTHON
+# llama-server built from the llama.cpp that llama-cpp-python vendors, for
+# tests/backends/test_llama_server_real.py (which fails under CI=1 without it). Idempotent and
+# cached: 10+ minutes on 2 cores the first time, instant after.
+LLAMA_SERVER_BIN=$(bash scripts/build-llama-server.sh)
+export LLAMA_SERVER_BIN
 # The Claude Code CLI (npm, a native binary) for tests/gateway/anthropic/test_claude_code.py,
 # which fails under CI=1 without it. Idempotent: seconds the first time, instant after.
 CLAUDE_BIN=$(bash scripts/setup-claude-code.sh)

@@ -272,3 +272,15 @@ def _dump_value(value: Any, param: str) -> str:
             f"Tool call argument value cannot be serialized as JSON: {exc}",
             param=f"{param}.arguments",
         ) from None
+
+
+def stable_prefix_length(prompt: str) -> int:
+    """How much of a rendered prompt stays the same over a conversation's turns: the system
+    prompt, the tools and the first user message, up to the first assistant (or observation)
+    tag after it. Later parts change: earlier reasoning is cleared, turns are appended. 0 when
+    the prompt has no user turn."""
+    start = prompt.find(USER)
+    if start < 0:
+        return 0
+    ends = [i for tag in (ASSISTANT, OBSERVATION) if (i := prompt.find(tag, start)) >= 0]
+    return min(ends) if ends else len(prompt)

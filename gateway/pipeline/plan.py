@@ -19,7 +19,7 @@ from backends.base import GenerationRequest, SamplingParams
 from ..errors import InvalidRequestError, UnsupportedParameterError
 from ..glm47 import tokens
 from ..glm47.grammar import json_grammar, tool_call_grammar
-from ..glm47.render import render_prompt
+from ..glm47.render import render_prompt, stable_prefix_length
 from ..models import ModelRegistry, ServedModel
 from ..sampling import resolve_sampling, select_route
 from ..settings import RouteSettings
@@ -155,6 +155,7 @@ class Plan:
             grammar=self.grammar,
             request_id=self.request_id,
             conversation_key=self.input.conversation_key,
+            stable_prefix=stable_prefix_length(self.prompt),
         )
 
 

@@ -116,6 +116,12 @@ class Run:
         self.deadline = (
             None if self.options.timeout is None else self.arrived + self.options.timeout
         )
+        # One timer for the whole run's deadline (a timeout context per awaited event costs a
+        # timer handle each: measurable on an instant upstream). It cancels the task that is
+        # waiting on the backend when it fires; see _before_deadline.
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting: asyncio.Task[object] | None = None
+        self._expired = False
         self._handed_off: float | None = None
         self._first_text: float | None = None
         self._last_text: float | None = None
@@ -238,6 +244,8 @@ class Run:
         try:
             await self._close_leg()
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             if self._slot is not None:
                 self._slot.release()
                 if self._handed_off is not None:
@@ -254,14 +262,37 @@ class Run:
     async def _before_deadline(self, awaitable: Awaitable[T]) -> T:
         if self.deadline is None:
             return await awaitable
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_at(
+                _loop_time(self.deadline), self._expire
+            )
+        if self._expired:
+            # It fired while nobody waited (the consumer was busy between two events).
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise self._timeout_error()
+        task = asyncio.current_task()
+        self._waiting = task
         try:
-            async with asyncio.timeout_at(_loop_time(self.deadline)):
-                return await awaitable
-        except TimeoutError:
-            raise BackendTimeoutError(
-                f"The request took longer than the gateway's limit of {self.options.timeout:g} s.",
-                code="request_timeout",
-            ) from None
+            return await awaitable
+        except asyncio.CancelledError:
+            # Ours only if the timer fired and nothing else also cancelled the task.
+            if self._expired and task is not None and task.uncancel() == 0:
+                raise self._timeout_error() from None
+            raise
+        finally:
+            self._waiting = None
+
+    def _expire(self) -> None:
+        self._expired = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def _timeout_error(self) -> BackendTimeoutError:
+        return BackendTimeoutError(
+            f"The request took longer than the gateway's limit of {self.options.timeout:g} s.",
+            code="request_timeout",
+        )
 
     # -- events -------------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ gateway runs under a real uvicorn and is driven by the real ``openai`` SDK. glm-
 GLM-4.7 format, so what comes back is genuine GLM output: it must parse exactly as it does from
 the llama.cpp backend on the same model (GGUF) at temperature 0.
 
-Only the last test touches the second server, and it kills it; every other test uses the first.
+The routing tests use both servers (prefix-cache hits with and without affinity); the last
+test kills the second; every other test uses the first.
 """
 
 from __future__ import annotations
@@ -28,9 +29,15 @@ import openai
 import pytest
 
 from backends.llamacpp import LlamaCppBackendSettings
-from backends.vllm import VllmBackend, VllmBackendSettings, VllmReplica, VllmReplicaSettings
+from backends.remote import (
+    RemoteBackend,
+    RemoteBackendSettings,
+    RemoteReplica,
+    RemoteReplicaSettings,
+)
+from backends.remote.settings import RoutingName
 from gateway.app import create_app
-from gateway.settings import ModelSettings, Settings
+from gateway.settings import LoopGuardSettings, ModelSettings, RouteSettings, Settings
 from tests.conftest import FIXTURES, GLM_TINY_TOOLS, OpenAIClients, free_port, serve
 
 pytestmark = pytest.mark.engine
@@ -179,16 +186,30 @@ def vllm_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Vllm
 # -- gateways ---------------------------------------------------------------------------------
 
 
-def vllm_settings(*urls: str, health_interval: float = 5.0) -> Settings:
+def vllm_settings(
+    *urls: str,
+    health_interval: float = 5.0,
+    routing: RoutingName | None = None,
+    loop_guard: bool = True,
+) -> Settings:
+    # The cancellation test needs a generation that runs on: glm-tiny's "hello hello ..." is
+    # exactly what the loop guard stops.
+    routes = (
+        {}
+        if loop_guard
+        else {"general": RouteSettings(loop_guard=LoopGuardSettings(enabled=False))}
+    )
     return Settings(
         models=[
             ModelSettings(
                 id=MODEL,
-                backend=VllmBackendSettings(
+                routes=routes,
+                backend=RemoteBackendSettings(
                     model=SERVED_NAME,
-                    replicas=[VllmReplicaSettings(url=u) for u in urls],
+                    replicas=[RemoteReplicaSettings(url=u) for u in urls],
                     health_interval=health_interval,
                     read_timeout=120,
+                    routing=routing,
                 ),
             )
         ]
@@ -198,7 +219,8 @@ def vllm_settings(*urls: str, health_interval: float = 5.0) -> Settings:
 @pytest.fixture(scope="module")
 def gateway(vllm_servers: list[VllmServer]) -> Iterator[str]:
     """The gateway on the first vLLM server, built from settings as ``serve`` would build it."""
-    with serve(create_app(vllm_settings(vllm_servers[0].url)), ready_timeout=60) as url:
+    settings = vllm_settings(vllm_servers[0].url, loop_guard=False)
+    with serve(create_app(settings), ready_timeout=60) as url:
         yield url
 
 
@@ -511,52 +533,6 @@ def test_client_disconnect_aborts_the_vllm_request(
     assert generated - generated_before < body["max_tokens"]
 
 
-# -- replicas -------------------------------------------------------------------------------------
-
-
-def test_replica_killed_mid_test_later_requests_all_succeed(
-    vllm_servers: list[VllmServer], caplog: pytest.LogCaptureFixture
-) -> None:
-    first, second = vllm_servers
-    backend = VllmBackend(
-        [VllmReplica(first.url, read_timeout=120), VllmReplica(second.url, read_timeout=120)],
-        model=SERVED_NAME,
-        # No health check runs during the test after start(): the dead replica must be found
-        # by the requests themselves (a refused connection, then a retry on the other).
-        health_interval=600,
-    )
-    app = create_app(vllm_settings(first.url, second.url), backends={MODEL: backend})
-    question = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
-    kwargs: dict[str, Any] = {"model": MODEL, "temperature": 0, "max_tokens": 64, **question}
-    with serve(app, ready_timeout=60) as url:
-        client = sdk(url)
-        assert all(r.healthy for r in backend.replicas)
-        before = [s.metric("vllm:request_success_total") for s in vllm_servers]
-        for _ in range(4):
-            assert client.chat.completions.create(**kwargs).choices[0].message.content
-        after = [s.metric("vllm:request_success_total") for s in vllm_servers]
-        # Idle replicas take turns: both served.
-        assert after[0] > before[0] and after[1] > before[1]
-
-        second.stop()
-        caplog.clear()
-        replies = [client.chat.completions.create(**kwargs) for _ in range(6)]
-        streams = [
-            streamed(client.chat.completions.create(stream=True, **kwargs)) for _ in range(2)
-        ]
-        for reply in replies:
-            assert reply.choices[0].message.content == "The capital of France is Paris."
-        for got in streams:
-            assert got["content"] == "The capital of France is Paris."
-        # The dead replica was tried once, refused the connection before any token, and the
-        # request went to the live one; it has been out since.
-        assert "vLLM replica 2 failed before the first chunk" in caplog.text
-        assert not backend.replicas[1].healthy
-        assert backend.replicas[0].healthy
-        assert backend.ready  # one healthy replica is enough
-        assert httpx.get(f"{url}/ready", timeout=10).status_code == 200
-
-
 def test_thinking_budget_on_vllm(gateway: str) -> None:
     """The budget closes the reasoning by a continuation on vLLM too, streamed and not."""
     import anthropic
@@ -579,3 +555,121 @@ def test_thinking_budget_on_vllm(gateway: str) -> None:
     assert [b.model_dump(exclude={"signature"}) for b in message.content] == [
         b.model_dump(exclude={"signature"}) for b in final.content
     ]
+
+
+# -- replicas -------------------------------------------------------------------------------------
+
+
+# Four conversations with their own long system prompts, turns interleaved in an irregular
+# order (real traffic is not periodic: a strict rotation would keep each conversation on one
+# replica by coincidence under least-in-flight). A and B carry a conversation key (the OpenAI
+# ``user``); C and D have none, so the hash of their stable prefix stands in for one.
+TRACE = "ABCD" + "BADC" + "ACBD"
+KEYED = {"A": "user-a", "B": "user-b"}
+FILLER = (
+    "You are a careful assistant for a travel agency. Answer in one short sentence, name the "
+    "city you are asked about, and never invent prices, dates or opening hours. "
+)
+
+
+class Conversations:
+    """The trace's conversations, each turn sent through the gateway and attributed to the
+    replica whose own ``request_success_total`` went up."""
+
+    def __init__(self, url: str, servers: list[VllmServer], tag: str) -> None:
+        self.client = sdk(url)
+        self.servers = servers
+        self.history: dict[str, list[dict[str, Any]]] = {
+            name: [{"role": "system", "content": f"[{tag}/{name}] " + FILLER * 8}]
+            for name in "ABCD"
+        }
+        self.served: dict[str, list[int]] = {name: [] for name in "ABCD"}
+
+    def turn(self, name: str) -> None:
+        messages = self.history[name]
+        messages.append({"role": "user", "content": f"Turn {len(messages) // 2 + 1}: Oslo?"})
+        before = [s.metric("vllm:request_success_total") for s in self.servers]
+        extra: dict[str, Any] = {"user": KEYED[name]} if name in KEYED else {}
+        reply = self.client.chat.completions.create(
+            model=MODEL, messages=messages, temperature=0, max_tokens=8, **extra
+        )
+        after = [s.metric("vllm:request_success_total") for s in self.servers]
+        (where,) = [i for i, (b, a) in enumerate(zip(before, after, strict=True)) if a > b]
+        self.served[name].append(where)
+        messages.append({"role": "assistant", "content": reply.choices[0].message.content or ""})
+
+
+def cache_hits(servers: list[VllmServer]) -> float:
+    return sum(s.metric("vllm:prefix_cache_hits_total") for s in servers)
+
+
+def test_affinity_keeps_conversations_and_raises_prefix_cache_hits(
+    vllm_servers: list[VllmServer],
+) -> None:
+    urls = [s.url for s in vllm_servers]
+    hits: dict[str, float] = {}
+    served: dict[str, dict[str, list[int]]] = {}
+    for routing in ("least-loaded", "affinity"):
+        with serve(create_app(vllm_settings(*urls, routing=routing)), ready_timeout=60) as url:
+            # Distinct system prompts per run: one run's cache cannot help the other's.
+            conversations = Conversations(url, vllm_servers, routing)
+            before = cache_hits(vllm_servers)
+            for name in TRACE:
+                conversations.turn(name)
+            hits[routing] = cache_hits(vllm_servers) - before
+            served[routing] = conversations.served
+    # With affinity every conversation stayed on one replica, and both replicas served.
+    assert all(len(set(where)) == 1 for where in served["affinity"].values())
+    assert {where[0] for where in served["affinity"].values()} == {0, 1}
+    # Least-in-flight moved some (the trace is built so it would).
+    assert any(len(set(where)) > 1 for where in served["least-loaded"].values())
+    # vLLM's own count of prompt tokens served from its prefix cache.
+    assert hits["affinity"] > hits["least-loaded"]
+
+
+def test_killing_the_preferred_replica_moves_its_conversations(
+    vllm_servers: list[VllmServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last test: it kills the second server."""
+    first, second = vllm_servers
+    backend = RemoteBackend(
+        [RemoteReplica(first.url, read_timeout=120), RemoteReplica(second.url, read_timeout=120)],
+        model=SERVED_NAME,
+        # No health check runs during the test after start(): the dead replica must be found
+        # by the requests themselves (a refused connection, then a retry on the other).
+        health_interval=600,
+    )
+    app = create_app(vllm_settings(first.url, second.url), backends={MODEL: backend})
+    with serve(app, ready_timeout=60) as url:
+        assert all(r.healthy for r in backend.replicas)
+        conversations = Conversations(url, vllm_servers, "kill")
+        for name in "ABCD":
+            conversations.turn(name)
+        homes = {name: where[0] for name, where in conversations.served.items()}
+        # Idle replicas take new conversations in turn: both have some.
+        assert set(homes.values()) == {0, 1}
+
+        second.stop()
+        # The dead server has no /metrics: attribute turns by the survivor's counter alone.
+        conversations.servers = [first]
+        caplog.clear()
+        for name in "ABCD" * 2:
+            conversations.turn(name)  # raises on any failed request
+        # The conversations that lived on the dead replica moved to the live one, and stay.
+        for name, where in conversations.served.items():
+            assert where[1:] == [0, 0], (name, where)
+        moved = [n for n, home in homes.items() if home == 1]
+        assert moved
+        assert "vLLM replica 2 failed before the first chunk" in caplog.text
+        assert not backend.replicas[1].healthy
+        assert backend.replicas[0].healthy
+        assert backend.ready  # one healthy replica is enough
+        assert httpx.get(f"{url}/ready", timeout=10).status_code == 200
+        # Streaming still works on the survivor.
+        question = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
+        got = streamed(
+            conversations.client.chat.completions.create(
+                model=MODEL, temperature=0, max_tokens=64, stream=True, **question
+            )
+        )
+        assert got["content"] == "The capital of France is Paris."

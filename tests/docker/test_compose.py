@@ -175,7 +175,7 @@ def test_gateway_vllm_talks_to_the_vllm_service(services: dict[str, dict[str, An
     (model,) = config["models"]
     backend = model["backend"]
     assert model["id"] == "glm-4.7-flash"
-    assert backend["type"] == "vllm"
+    assert (backend["type"], backend["engine"]) == ("remote", "vllm")
     port = _flag(vllm_command, "--port")
     assert backend["replicas"] == [{"url": f"http://vllm:{port}", "api_key": None}]
     assert backend["model"] == _flag(vllm_command, "--served-model-name")
@@ -187,7 +187,7 @@ def test_vllm_config_is_valid_gateway_settings() -> None:
 
     settings = load_settings(ROOT / "config" / "vllm.yaml")
     assert [m.id for m in settings.models] == ["glm-4.7-flash"]
-    assert settings.models[0].backend.type == "vllm"
+    assert settings.models[0].backend.type == "remote"
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])

@@ -1,4 +1,5 @@
-"""vLLM's wire: the request body, sampling field names, SSE reading, its error bodies.
+"""The completions wire: the request body, SSE reading, error bodies (vLLM's words below;
+the other engines' differences are in ``engines``).
 
 What is sent, and why:
 
@@ -10,7 +11,7 @@ What is sent, and why:
   output (special tokens are not skipped), vLLM cuts the text before a stop string and reports
   ``finish_reason: "stop"``. (vLLM also stops on the ids that the model's
   ``generation_config.json`` lists as ``eos_token_id``; the strings make the stop independent
-  of that file.)
+  of that file.) Engines that do not name the matched stop string get only the stop tokens.
 - ``stream_options.include_usage``: the final event carries vLLM's own token counts, which go
   into ``Finished``; ``return_token_ids``: each event lists the tokens it stands for, so
   ``Chunk.tokens`` is exact even when one event carries several tokens (speculative decoding,
@@ -30,35 +31,36 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
-from ..base import GenerationRequest, SamplingParams
+from ..base import GenerationRequest
 from ..errors import BadRequest, PromptTooLong
+from .engines import ENGINES, Engine
+from .http import Reply, Stream
 
-# vLLM takes a signed 64-bit seed; OpenAI clients may send any integer.
-_SEED_MASK = 0x7FFF_FFFF_FFFF_FFFF
 # Phrases in vLLM's 400 messages when the prompt (or prompt + max_tokens) does not fit.
-_CONTEXT_PHRASES = ("maximum context length", "max_model_len", "context length")
+_CONTEXT_PHRASES = ("maximum context length", "max_model_len", "context length", "context size")
 
 
 def completion_body(
-    request: GenerationRequest, model: str, *, context_limit: int | None = None
+    request: GenerationRequest,
+    model: str,
+    engine: Engine = ENGINES["vllm"],
+    *,
+    context_limit: int | None = None,
 ) -> dict[str, Any]:
     """The streamed ``/v1/completions`` body for ``request``: the rendered prompt as is, special
-    tokens kept in the output (GLM's tags are special tokens), token ids for exact counts."""
+    tokens kept in the output (GLM's tags are special tokens), the engine's own fields."""
     s = request.sampling
     body: dict[str, Any] = {
         "model": model,
         "prompt": request.prompt,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "return_token_ids": True,
-        "add_special_tokens": False,
-        "skip_special_tokens": False,
-        "spaces_between_special_tokens": False,
     }
-    body.update(sampling_fields(s))
-    stops = list(dict.fromkeys(x for x in (*s.stop, *request.stop_tokens) if x))
+    engine.extend(body, request)
+    # An engine that does not name the matched stop string gets only the stop tokens: the
+    # client's stop strings are matched by the backend, which must see them to name them.
+    client_stops = s.stop if engine.reports_stop else ()
+    stops = list(dict.fromkeys(x for x in (*client_stops, *request.stop_tokens) if x))
     if stops:
         body["stop"] = stops
     if s.max_tokens is not None:
@@ -66,54 +68,39 @@ def completion_body(
         body["max_tokens"] = max(s.max_tokens, 1) if limit is None else min(s.max_tokens, limit)
     elif context_limit is not None:
         body["max_tokens"] = context_limit
-    if request.grammar is not None:
-        body["structured_outputs"] = {"grammar": request.grammar}
-    if request.request_id:
-        # Shows in vLLM's logs under the gateway's id; vLLM adds its own suffix.
-        body["request_id"] = request.request_id
     return body
 
 
-def sampling_fields(s: SamplingParams) -> dict[str, Any]:
-    """vLLM's names for the sampling fields that are set; unset ones keep vLLM's defaults."""
-    fields: dict[str, Any] = {
-        "temperature": s.temperature,
-        "top_p": s.top_p,
-        "top_k": s.top_k,
-        "min_p": s.min_p,
-        "repetition_penalty": s.repeat_penalty,
-        "presence_penalty": s.presence_penalty,
-        "frequency_penalty": s.frequency_penalty,
-        "seed": None if s.seed is None else s.seed & _SEED_MASK,
-    }
-    if s.top_p is not None and s.top_p <= 0.0:
-        # top_p 0 keeps only the most likely token (as llama.cpp reads it); vLLM refuses 0,
-        # and top_k 1 says the same.
-        fields["top_p"] = None
-        fields["top_k"] = 1
-    return {k: v for k, v in fields.items() if v is not None}
+async def sse_data(response: Stream) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event (multi-line data joined, comments and other
+    fields skipped; CRLF line ends read as LF)."""
+    buffer = b""
+    async for chunk in response.chunks():
+        buffer += chunk
+        if b"\r" in buffer:
+            # A CR at the very end stays: its LF may come with the next chunk.
+            buffer = buffer.replace(b"\r\n", b"\n")
+        *events, buffer = buffer.split(b"\n\n")
+        for raw in events:
+            data = _data_of(raw)
+            if data is not None:
+                yield data
+    data = _data_of(buffer)
+    if data is not None:
+        yield data
 
 
-async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event (multi-line data joined, comments skipped)."""
-    lines: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            lines.append(line[5:].removeprefix(" "))
-    if lines:
-        yield "\n".join(lines)
+def _data_of(raw: bytes) -> str | None:
+    lines = [line[5:].removeprefix(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines).decode("utf-8") if lines else None
 
 
-def upstream_message(response: httpx.Response) -> str:
+def upstream_message(response: Reply) -> str:
     """vLLM's error message: ``{"error": {"message": ...}}``, older shapes, or the raw body."""
     try:
         data = response.json()
     except ValueError:
-        return response.text.strip()[:1000] or response.reason_phrase
+        return response.text.strip()[:1000] or response.reason
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
@@ -124,7 +111,7 @@ def upstream_message(response: httpx.Response) -> str:
     return response.text.strip()[:1000]
 
 
-def upstream_param(response: httpx.Response) -> str | None:
+def upstream_param(response: Reply) -> str | None:
     with contextlib.suppress(ValueError):
         data = response.json()
         error = data.get("error") if isinstance(data, dict) else None

@@ -1,15 +1,16 @@
-"""The vLLM replicas: how each is reached, and what the backend knows of it."""
+"""The replicas: how each is reached, and what the backend knows of it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
+from .http import Timeouts
 
 
 @dataclass(frozen=True, slots=True)
-class VllmReplica:
-    """One vLLM OpenAI server, with its timeouts already resolved (replica over backend)."""
+class RemoteReplica:
+    """One OpenAI-completions server, with its timeouts already resolved (replica over
+    backend)."""
 
     url: str
     api_key: str | None = None
@@ -20,16 +21,21 @@ class VllmReplica:
 @dataclass(slots=True)
 class ReplicaState:
     index: int
-    replica: VllmReplica
+    replica: RemoteReplica
+    # How the engine names itself to clients ("vLLM", "llama-server").
+    label: str = "vLLM"
     healthy: bool = False
     in_flight: int = 0
     # From the replica's /v1/models; None until read.
     max_model_len: int | None = None
+    # Requests sent here, and of those, how many the affinity rule sent (for info and tests).
+    routed: int = 0
+    affine: int = 0
 
     @property
     def name(self) -> str:
         # What clients may see: the replica's position, never its URL (an internal address).
-        return f"vLLM replica {self.index + 1}"
+        return f"{self.label} replica {self.index + 1}"
 
     @property
     def base(self) -> str:
@@ -39,15 +45,8 @@ class ReplicaState:
         key = self.replica.api_key
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def timeout(self) -> httpx.Timeout:
-        r = self.replica
-        return httpx.Timeout(
-            connect=r.connect_timeout,
-            # httpx's read timeout bounds each read: the wait between two chunks of a stream.
-            read=r.read_timeout,
-            write=r.read_timeout,
-            pool=r.connect_timeout,
-        )
+    def timeout(self) -> Timeouts:
+        return Timeouts(connect=self.replica.connect_timeout, read=self.replica.read_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +57,5 @@ class ReplicaStatus:
     healthy: bool
     in_flight: int
     max_model_len: int | None
+    routed: int = 0
+    affine: int = 0
