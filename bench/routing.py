@@ -23,8 +23,6 @@ from .common import (
     VLLM_VENV,
     Servers,
     banner,
-    free_port,
-    glm_tiny,
     loadavg,
     machine,
     median,
@@ -41,30 +39,10 @@ FILLER = (
 
 
 def start_replica(servers: Servers, name: str) -> Any:
-    port = free_port()
-    return servers.start(
+    return srv.vllm(
+        servers,
         name,
-        [
-            str(VLLM_VENV / "bin" / "python"),
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(glm_tiny()),
-            "--served-model-name",
-            "glm-tiny",
-            "--max-model-len",
-            "2048",
-            "--dtype",
-            "float32",
-            "--enforce-eager",
-            "--disable-uvicorn-access-log",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        port=port,
-        ready_path="/v1/models",
+        extra=("--enforce-eager", "--disable-uvicorn-access-log"),
         timeout=600,
         env={
             "VLLM_CPU_KVCACHE_SPACE": "1",

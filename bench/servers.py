@@ -13,9 +13,11 @@ from .common import (
     LLAMA_SERVER_VENV,
     PROJECT_PYTHON,
     RESULTS,
+    VLLM_VENV,
     Server,
     Servers,
     free_port,
+    glm_tiny,
 )
 
 CONFIGS = RESULTS / "configs"
@@ -161,4 +163,41 @@ def llama_server(
         port=port,
         ready_path="/v1/models",
         timeout=120,
+    )
+
+
+def vllm(
+    servers: Servers,
+    name: str,
+    *,
+    timeout: float,
+    env: dict[str, str],
+    extra: tuple[str, ...] = (),
+) -> Server:
+    """vLLM's OpenAI server (scripts/setup-vllm.sh's venv) on glm-tiny, fp32, 2048 tokens."""
+    port = free_port()
+    return servers.start(
+        name,
+        [
+            str(VLLM_VENV / "bin" / "python"),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(glm_tiny()),
+            "--served-model-name",
+            "glm-tiny",
+            "--max-model-len",
+            "2048",
+            "--dtype",
+            "float32",
+            *extra,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        port=port,
+        ready_path="/v1/models",
+        timeout=timeout,
+        env=env,
     )

@@ -31,8 +31,6 @@ from .common import (
     Servers,
     banner,
     fmt_spread,
-    free_port,
-    glm_tiny,
     loadavg,
     machine,
     median,
@@ -47,33 +45,10 @@ SEED = 7
 MESSAGES = [{"role": "user", "content": "Write a short poem about the sea."}]
 
 
-def vllm_python() -> str:
-    return str(VLLM_VENV / "bin" / "python")
-
-
 def start_vllm(servers: Servers) -> Any:
-    port = free_port()
-    return servers.start(
+    return srv.vllm(
+        servers,
         "vllm-server",
-        [
-            vllm_python(),
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(glm_tiny()),
-            "--served-model-name",
-            "glm-tiny",
-            "--max-model-len",
-            "2048",
-            "--dtype",
-            "float32",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        port=port,
-        ready_path="/v1/models",
         timeout=float(os.environ.get("BENCH_VLLM_START_TIMEOUT", "600")),
         env={"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"},
     )

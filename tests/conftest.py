@@ -10,11 +10,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import uvicorn
 from fastapi import FastAPI
+
+# Helper modules beside the tests assert too: show their failures as pytest shows a test's.
+pytest.register_assert_rewrite("tests.backends.events")
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -31,23 +34,25 @@ SMOLLM_GGUF = Path(
 )
 
 
-def require_file(path: Path, how: str) -> Path:
-    """Tests on real models must not silently vanish in CI: a missing model fails there."""
-    if path.is_file():
-        return path
-    message = f"{path} is missing ({how})"
+def unavailable(message: str) -> NoReturn:
+    """Something a test needs is missing: tests must not silently vanish in CI, so it fails
+    there; elsewhere it skips."""
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def require_file(path: Path, how: str) -> Path:
+    if path.is_file():
+        return path
+    unavailable(f"{path} is missing ({how})")
 
 
 def require_llama_cpp() -> None:
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("llama-cpp-python is not installed")
-        pytest.skip("llama-cpp-python is not installed")
+        unavailable("llama-cpp-python is not installed")
 
 
 @pytest.fixture(scope="session")

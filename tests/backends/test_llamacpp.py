@@ -34,6 +34,7 @@ from backends.llamacpp import LlamaCppBackend, LlamaCppOptions
 from gateway.admission import AdmissionGate
 from gateway.errors import from_backend
 from gateway.glm47.tokens import STOP_TOKENS
+from tests.backends.events import finish_of, text_of
 
 pytestmark = [pytest.mark.engine, pytest.mark.asyncio(loop_scope="module")]
 
@@ -101,16 +102,6 @@ async def collect(
 ) -> list[BackendEvent]:
     request = GenerationRequest(prompt=prompt, sampling=sampling, stop_tokens=stop_tokens)
     return [event async for event in backend.generate(request)]
-
-
-def text_of(events: list[BackendEvent]) -> str:
-    return "".join(e.text for e in events if isinstance(e, Chunk))
-
-
-def finish_of(events: list[BackendEvent]) -> Finished:
-    last = events[-1]
-    assert isinstance(last, Finished)
-    return last
 
 
 # -- the stream --------------------------------------------------------------------------------

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from backends.base import BackendEvent, Chunk, Finished, GenerationRequest, SamplingParams, Started
+from backends.base import BackendEvent, Chunk, GenerationRequest, SamplingParams
 from backends.llamacpp import LlamaCppBackend, LlamaCppOptions
 from backends.llamacpp.options import CacheType, FlashAttn
 from gateway.glm47.tokens import STOP_TOKENS
+from tests.backends.events import finish_of, started_of, text_of
 
 pytestmark = [pytest.mark.engine, pytest.mark.asyncio(loop_scope="module")]
 
@@ -61,22 +62,6 @@ async def glm(glm_tiny_path: Path) -> AsyncIterator[LlamaCppBackend]:
 
 async def collect(backend: LlamaCppBackend, request: GenerationRequest) -> list[BackendEvent]:
     return [event async for event in backend.generate(request)]
-
-
-def text_of(events: list[BackendEvent]) -> str:
-    return "".join(e.text for e in events if isinstance(e, Chunk))
-
-
-def finish_of(events: list[BackendEvent]) -> Finished:
-    last = events[-1]
-    assert isinstance(last, Finished)
-    return last
-
-
-def started_of(events: list[BackendEvent]) -> Started:
-    first = events[0]
-    assert isinstance(first, Started)
-    return first
 
 
 async def test_concurrent_streams_each_honour_their_own_request(smol: LlamaCppBackend) -> None:

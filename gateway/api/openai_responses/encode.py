@@ -146,6 +146,10 @@ class OutputBuilder:
             )
         self._seq += 1
 
+    def _item_event(self, kind: str, item_id: str, output_index: int, **fields: Any) -> None:
+        """An event about one output item: its id and place lead, as in OpenAI's stream."""
+        self._event(kind, item_id=item_id, output_index=output_index, **fields)
+
     def _flush(self) -> bytes:
         data = b"".join(self._out)
         self._out.clear()
@@ -212,26 +216,22 @@ class OutputBuilder:
         current.parts.append(text)
         item_id = current.item["id"]
         if kind == "reasoning":
-            self._event(
-                "response.reasoning_text.delta",
-                item_id=item_id,
-                output_index=current.index,
-                content_index=0,
-                delta=text,
+            self._item_event(
+                "response.reasoning_text.delta", item_id, current.index, content_index=0, delta=text
             )
             if self._t.summary:
-                self._event(
+                self._item_event(
                     "response.reasoning_summary_text.delta",
-                    item_id=item_id,
-                    output_index=current.index,
+                    item_id,
+                    current.index,
                     summary_index=0,
                     delta=text,
                 )
         else:
-            self._event(
+            self._item_event(
                 "response.output_text.delta",
-                item_id=item_id,
-                output_index=current.index,
+                item_id,
+                current.index,
                 content_index=0,
                 delta=text,
                 logprobs=[],
@@ -260,26 +260,22 @@ class OutputBuilder:
         self._event("response.output_item.added", output_index=index, item=dict(item))
         if kind == "reasoning":
             part: dict[str, Any] = {"type": "reasoning_text", "text": ""}
-            self._event(
-                "response.content_part.added",
-                item_id=item["id"],
-                output_index=index,
-                content_index=0,
-                part=part,
+            self._item_event(
+                "response.content_part.added", item["id"], index, content_index=0, part=part
             )
             if self._t.summary:
-                self._event(
+                self._item_event(
                     "response.reasoning_summary_part.added",
-                    item_id=item["id"],
-                    output_index=index,
+                    item["id"],
+                    index,
                     summary_index=0,
                     part={"type": "summary_text", "text": ""},
                 )
         else:
-            self._event(
+            self._item_event(
                 "response.content_part.added",
-                item_id=item["id"],
-                output_index=index,
+                item["id"],
+                index,
                 content_index=0,
                 part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
             )
@@ -295,34 +291,26 @@ class OutputBuilder:
         if current.kind == "reasoning":
             part: dict[str, Any] = {"type": "reasoning_text", "text": text}
             item["content"] = [part]
-            self._event(
-                "response.reasoning_text.done",
-                item_id=item_id,
-                output_index=index,
-                content_index=0,
-                text=text,
+            self._item_event(
+                "response.reasoning_text.done", item_id, index, content_index=0, text=text
             )
-            self._event(
-                "response.content_part.done",
-                item_id=item_id,
-                output_index=index,
-                content_index=0,
-                part=part,
+            self._item_event(
+                "response.content_part.done", item_id, index, content_index=0, part=part
             )
             if self._t.summary:
                 summary = {"type": "summary_text", "text": text}
                 item["summary"] = [summary]
-                self._event(
+                self._item_event(
                     "response.reasoning_summary_text.done",
-                    item_id=item_id,
-                    output_index=index,
+                    item_id,
+                    index,
                     summary_index=0,
                     text=text,
                 )
-                self._event(
+                self._item_event(
                     "response.reasoning_summary_part.done",
-                    item_id=item_id,
-                    output_index=index,
+                    item_id,
+                    index,
                     summary_index=0,
                     part=summary,
                 )
@@ -331,20 +319,11 @@ class OutputBuilder:
         else:
             part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
             item["content"] = [part]
-            self._event(
-                "response.output_text.done",
-                item_id=item_id,
-                output_index=index,
-                content_index=0,
-                text=text,
-                logprobs=[],
+            self._item_event(
+                "response.output_text.done", item_id, index, content_index=0, text=text, logprobs=[]
             )
-            self._event(
-                "response.content_part.done",
-                item_id=item_id,
-                output_index=index,
-                content_index=0,
-                part=part,
+            self._item_event(
+                "response.content_part.done", item_id, index, content_index=0, part=part
             )
         item["status"] = status
         self._event("response.output_item.done", output_index=index, item=item)
@@ -387,10 +366,10 @@ class OutputBuilder:
             return
         call.fragments.append(fragment)
         if not call.custom:
-            self._event(
+            self._item_event(
                 "response.function_call_arguments.delta",
-                item_id=call.item["id"],
-                output_index=call.index,
+                call.item["id"],
+                call.index,
                 delta=fragment,
             )
             return
@@ -408,11 +387,8 @@ class OutputBuilder:
         if not text:
             return
         call.streamed.append(text)
-        self._event(
-            "response.custom_tool_call_input.delta",
-            item_id=call.item["id"],
-            output_index=call.index,
-            delta=text,
+        self._item_event(
+            "response.custom_tool_call_input.delta", call.item["id"], call.index, delta=text
         )
 
     def _call_end(self, parser_index: int, status: str) -> None:
@@ -426,18 +402,15 @@ class OutputBuilder:
             if value.startswith(streamed):
                 self._custom_delta(call, value[len(streamed) :])
             item["input"] = value
-            self._event(
-                "response.custom_tool_call_input.done",
-                item_id=item["id"],
-                output_index=call.index,
-                input=value,
+            self._item_event(
+                "response.custom_tool_call_input.done", item["id"], call.index, input=value
             )
         else:
             item["arguments"] = arguments
-            self._event(
+            self._item_event(
                 "response.function_call_arguments.done",
-                item_id=item["id"],
-                output_index=call.index,
+                item["id"],
+                call.index,
                 name=item["name"],
                 arguments=arguments,
             )

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import combinations, pairwise
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.glm47.events import (
     ContentDelta,
-    MessageAccumulator,
     ParsedMessage,
     ParseEvent,
     ReasoningDelta,
@@ -28,47 +26,12 @@ from gateway.glm47.schema import (
     is_string_only,
     json_type_allowed,
 )
+from tests.gateway.glm47.parsing import ALL_TAGS, CASES, fold, parse_events
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "glm47" / "parse_cases.json"
-CASES: list[dict[str, Any]] = json.loads(FIXTURE.read_text(encoding="utf-8"))
 TOOLS: list[dict[str, Any]] = next(case["tools"] for case in CASES if case["tools"])
-
-TAGS = (
-    "<think>",
-    "</think>",
-    "<tool_call>",
-    "</tool_call>",
-    "<arg_key>",
-    "</arg_key>",
-    "<arg_value>",
-    "</arg_value>",
-)
-TOOL_TAGS = TAGS[2:]
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def parse_events(
-    chunks: Iterable[str],
-    *,
-    thinking: bool,
-    tools: Sequence[Mapping[str, Any]] | None,
-    finish: str = "stop",
-) -> list[ParseEvent]:
-    parser = GLM47Parser(thinking=thinking, tools=tools)
-    events: list[ParseEvent] = []
-    for chunk in chunks:
-        events.extend(parser.feed(chunk))
-    events.extend(parser.finish(truncated=finish == "length"))
-    return events
-
-
-def fold(events: Iterable[ParseEvent]) -> ParsedMessage:
-    acc = MessageAccumulator()
-    for event in events:
-        acc.add(event)
-    return acc.result()
 
 
 def parse(
@@ -76,9 +39,9 @@ def parse(
     *,
     thinking: bool = True,
     tools: Sequence[Mapping[str, Any]] | None = TOOLS,
-    finish: str = "stop",
+    truncated: bool = False,
 ) -> ParsedMessage:
-    return fold(parse_events(chunks, thinking=thinking, tools=tools, finish=finish))
+    return fold(parse_events(chunks, thinking=thinking, tools=tools, truncated=truncated))
 
 
 def finish_reason(engine_finish: str, message: ParsedMessage) -> str:
@@ -129,7 +92,11 @@ CASE_IDS = [case["id"] for case in CASES]
 
 
 def options(case: Mapping[str, Any]) -> dict[str, Any]:
-    return {"thinking": case["thinking"], "tools": case["tools"], "finish": case["finish"]}
+    return {
+        "thinking": case["thinking"],
+        "tools": case["tools"],
+        "truncated": case["finish"] == "length",
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -172,7 +139,7 @@ def test_stream_shape_one_char_at_a_time(case: dict[str, Any]) -> None:
     for event in events:
         for text in event_texts(event):
             assert text, event  # no empty deltas
-            for tag in TAGS:
+            for tag in ALL_TAGS:
                 # Only a value's own text may hold tag text (FORMAT.md 2b), never structure.
                 data = isinstance(event, ToolCallArguments) and tag in arguments
                 assert tag not in text or data, event
@@ -212,7 +179,7 @@ def test_no_delta_mixes_reasoning_and_content_and_no_tag_leaks() -> None:
         events = parse_events(chunks, thinking=True, tools=TOOLS)
         kinds = [type(e) for e in events if isinstance(e, ReasoningDelta | ContentDelta)]
         assert kinds == sorted(kinds, key=lambda k: k is ContentDelta)
-        assert all(tag not in t for e in events for t in event_texts(e) for tag in TAGS)
+        assert all(tag not in t for e in events for t in event_texts(e) for tag in ALL_TAGS)
         message = fold(events)
         assert message.reasoning_content == "think hard"
         assert message.content == "answer  after"

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.glm47.events import (
-    MessageAccumulator,
     ParsedMessage,
     ParseEvent,
     ReasoningDelta,
@@ -24,10 +22,10 @@ from gateway.glm47.events import (
     ToolCallStart,
 )
 from gateway.glm47.parser import GLM47Parser
+from tests.gateway.glm47 import parsing
+from tests.gateway.glm47.parsing import ALL_TAGS, CASES
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "glm47" / "parse_cases.json"
-_CASES: list[dict[str, Any]] = json.loads(FIXTURE.read_text(encoding="utf-8"))
-CASE_TOOLS: list[dict[str, Any]] = next(c["tools"] for c in _CASES if c["id"].startswith("T30"))
+CASE_TOOLS: list[dict[str, Any]] = next(c["tools"] for c in CASES if c["id"].startswith("T30"))
 TOOLS: list[dict[str, Any]] = [
     *CASE_TOOLS,
     {
@@ -48,29 +46,11 @@ TOOLS: list[dict[str, Any]] = [
     },
     {"type": "function", "function": {"name": "get", "parameters": {"type": "object"}}},
 ]
-ALL_TAGS = (
-    "<think>",
-    "</think>",
-    "<tool_call>",
-    "</tool_call>",
-    "<arg_key>",
-    "</arg_key>",
-    "<arg_value>",
-    "</arg_value>",
-)
 EVERY_TAG_TEXT = "".join(f"a {tag} b\n" for tag in ALL_TAGS)  # each tag followed by text
 
 
 def run(chunks: Iterable[str], *, finish: str = "stop") -> tuple[list[ParseEvent], ParsedMessage]:
-    parser = GLM47Parser(thinking=True, tools=TOOLS)
-    events: list[ParseEvent] = []
-    for chunk in chunks:
-        events += parser.feed(chunk)
-    events += parser.finish(truncated=finish == "length")
-    acc = MessageAccumulator()
-    for event in events:
-        acc.add(event)
-    return events, acc.result()
+    return parsing.run(chunks, thinking=True, tools=TOOLS, truncated=finish == "length")
 
 
 def chunkings(raw: str, *, exhaustive: bool = True) -> Iterable[list[str]]:

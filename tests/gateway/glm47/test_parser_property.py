@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -19,7 +18,6 @@ from hypothesis import strategies as st
 
 from gateway.glm47.events import (
     ContentDelta,
-    MessageAccumulator,
     ParsedMessage,
     ParseEvent,
     ReasoningDelta,
@@ -28,21 +26,11 @@ from gateway.glm47.events import (
     ToolCallResult,
     ToolCallStart,
 )
-from gateway.glm47.parser import GLM47Parser
 from gateway.glm47.schema import JSON_STRING_LITERAL
+from tests.gateway.glm47.parsing import ALL_TAGS, TOOL_TAGS, run
 
 PROPERTY_SETTINGS = settings(derandomize=True, max_examples=300, deadline=None)
 
-THINK_TAGS = ("<think>", "</think>")
-TOOL_TAGS = (
-    "<tool_call>",
-    "</tool_call>",
-    "<arg_key>",
-    "</arg_key>",
-    "<arg_value>",
-    "</arg_value>",
-)
-ALL_TAGS = THINK_TAGS + TOOL_TAGS
 PARTIAL_TAGS = tuple(sorted({tag[:n] for tag in ALL_TAGS for n in range(1, len(tag))}))
 
 TOOLS: list[dict[str, Any]] = [
@@ -150,24 +138,6 @@ def noisy_call(draw: st.DrawFn) -> str:
 
 
 SEGMENT = st.one_of(FRAGMENT, noisy_call(), noisy_call())
-
-
-def run(
-    chunks: Sequence[str],
-    *,
-    thinking: bool,
-    tools: Sequence[Mapping[str, Any]] | None,
-    truncated: bool = False,
-) -> tuple[list[ParseEvent], ParsedMessage]:
-    parser = GLM47Parser(thinking=thinking, tools=tools)
-    events: list[ParseEvent] = []
-    for chunk in chunks:
-        events += parser.feed(chunk)
-    events += parser.finish(truncated=truncated)
-    acc = MessageAccumulator()
-    for event in events:
-        acc.add(event)
-    return events, acc.result()
 
 
 def cut(text: str, cuts: list[int]) -> list[str]:
