@@ -142,3 +142,14 @@ class OpenAIClients:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+
+    def closed_after_module(self) -> Any:
+        """An autouse fixture that closes these clients after the module's tests; bind it to a
+        module-level name so that pytest finds it."""
+
+        @pytest.fixture(scope="module", autouse=True)
+        def close_clients() -> Iterator[None]:
+            yield
+            self.close()
+
+        return close_clients

@@ -27,8 +27,8 @@ from tests.backends.test_vllm_real import (
     CONVERSATIONS,
     MAX_MODEL_LEN,
     MODEL,
+    assert_readme_tool_call,
     assert_same_output,
-    outcome,
     reference,
 )
 from tests.conftest import GLM_TINY_GGUF, OpenAIClients, free_port, serve, unavailable
@@ -120,12 +120,7 @@ def gateway(llama_server: str) -> Iterator[str]:
 
 
 sdk = OpenAIClients()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _close_sdk_clients() -> Iterator[None]:
-    yield
-    sdk.close()
+_close_sdk_clients = sdk.closed_after_module()
 
 
 @pytest.mark.parametrize("name", list(CONVERSATIONS))
@@ -134,15 +129,8 @@ def test_same_output_as_in_process_llamacpp(gateway: str, reference: str, name: 
 
 
 def test_tags_survive_and_tool_call_parses(gateway: str) -> None:
-    got = outcome(
-        sdk(gateway).chat.completions.create(
-            model=MODEL, temperature=0, max_tokens=96, **CONVERSATIONS["weather-call"]
-        )
-    )
     # glm-tiny's README output: <think>, </think> and <tool_call> came back as text.
-    assert got["reasoning"] == "The user wants the weather in Oslo. I will call get_weather."
-    assert got["tool_calls"] == [("get_weather", '{"city": "Oslo"}')]
-    assert got["finish"] == "tool_calls"
+    assert_readme_tool_call(sdk, gateway)
 
 
 def test_client_stop_string_is_named(gateway: str, reference: str) -> None:

@@ -243,12 +243,7 @@ def reference(glm_tiny_path: Path) -> Iterator[str]:
 
 
 sdk = OpenAIClients()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _close_sdk_clients() -> Iterator[None]:
-    yield
-    sdk.close()
+_close_sdk_clients = sdk.closed_after_module()
 
 
 def outcome(reply: Any) -> dict[str, Any]:
@@ -386,16 +381,21 @@ def test_same_output_as_llamacpp(gateway: str, reference: str, name: str) -> Non
     assert_same_output(sdk, gateway, reference, name)
 
 
-def test_readme_tool_call_exactly(gateway: str) -> None:
+def assert_readme_tool_call(clients: OpenAIClients, gateway: str) -> dict[str, Any]:
+    """glm-tiny's README output for the weather question, tags and all: the outcome."""
     got = outcome(
-        sdk(gateway).chat.completions.create(
+        clients(gateway).chat.completions.create(
             model=MODEL, temperature=0, max_tokens=96, **CONVERSATIONS["weather-call"]
         )
     )
     assert got["reasoning"] == "The user wants the weather in Oslo. I will call get_weather."
-    assert got["content"] is None
     assert got["tool_calls"] == [("get_weather", '{"city": "Oslo"}')]
     assert got["finish"] == "tool_calls"
+    return got
+
+
+def test_readme_tool_call_exactly(gateway: str) -> None:
+    assert assert_readme_tool_call(sdk, gateway)["content"] is None
 
 
 # -- constrained output ------------------------------------------------------------------------

@@ -54,12 +54,7 @@ def tiny(glm_tiny_path: Path) -> Iterator[str]:
 
 
 sdk = OpenAIClients()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _close_sdk_clients() -> Iterator[None]:
-    yield
-    sdk.close()
+_close_sdk_clients = sdk.closed_after_module()
 
 
 def ask(client: openai.OpenAI, content: str, **kwargs: Any) -> Any:
