@@ -7,12 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from ..errors import InvalidRequestError
 from ..models import ModelRegistry
 from ..pipeline.plan import ChatInput, Limits, Plan, build_plan
 from ..pipeline.run import Run, RunOptions
 from ..pipeline.thinking_memory import ThinkingMemory, turn_key
+from ..sampling import sampling_dict
 from ..settings import Settings
 
 # Headers a client may use to name its conversation for the engine's caches, when its API
@@ -109,6 +111,19 @@ def run_headers(plan: Plan, run: Run | None = None) -> dict[str, str]:
         if run.options.record is not None:
             run.options.record.overhead_ms = overhead
     return headers
+
+
+def rendered(plan: Plan) -> JSONResponse:
+    """What the ``/render`` debugging routes answer: the prompt and the choices made for it."""
+    return JSONResponse(
+        {
+            "prompt": plan.prompt,
+            "route": plan.route,
+            "sampling": sampling_dict(plan.sampling),
+            "enable_thinking": plan.thinking,
+        },
+        headers=run_headers(plan),
+    )
 
 
 def keepalive_interval(request: Request) -> float:

@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from ...pipeline.run import Run
 from ...pipeline.stream import serve
-from ...sampling import sampling_dict
-from ..common import keepalive_interval, new_run, plan_request, read_json_object, run_headers
+from ..common import (
+    keepalive_interval,
+    new_run,
+    plan_request,
+    read_json_object,
+    rendered,
+    run_headers,
+)
 from .encode import ChatStreamEncoder, completion
 from .errors import error_event
 from .translate import to_chat_input
@@ -65,12 +71,4 @@ async def chat_completions(request: Request) -> Response:
 @router.post("/v1/chat/completions/render", openapi_extra=_BODY_SCHEMA)
 async def render(request: Request) -> Response:
     plan = plan_request(request, to_chat_input(await read_json_object(request)))
-    return JSONResponse(
-        {
-            "prompt": plan.prompt,
-            "route": plan.route,
-            "sampling": sampling_dict(plan.sampling),
-            "enable_thinking": plan.thinking,
-        },
-        headers=run_headers(plan),
-    )
+    return rendered(plan)

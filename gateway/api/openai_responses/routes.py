@@ -11,8 +11,14 @@ from fastapi.responses import JSONResponse, Response
 from ...errors import NotFoundError
 from ...pipeline.run import Run
 from ...pipeline.stream import serve
-from ...sampling import sampling_dict
-from ..common import keepalive_interval, new_run, plan_request, read_json_object, run_headers
+from ..common import (
+    keepalive_interval,
+    new_run,
+    plan_request,
+    read_json_object,
+    rendered,
+    run_headers,
+)
 from .encode import OutputBuilder
 from .request import ResponsesRequest
 from .state import ResponsesState
@@ -118,15 +124,7 @@ async def render_response(request: Request) -> Response:
     state = _state(request)
     translated = translate(await read_json_object(request), state.store, state.sealer)
     plan = plan_request(request, translated.chat)
-    return JSONResponse(
-        {
-            "prompt": plan.prompt,
-            "route": plan.route,
-            "sampling": sampling_dict(plan.sampling),
-            "enable_thinking": plan.thinking,
-        },
-        headers=run_headers(plan),
-    )
+    return rendered(plan)
 
 
 def _not_found(response_id: str) -> NotFoundError:
