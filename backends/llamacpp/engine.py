@@ -160,8 +160,12 @@ class Engine:
             placement = place(self._slots, job.prompt_tokens, job.conversation_key, now)
             if placement is None:
                 return
+            if not self._fits(job, placement) and placement.share_from is not None:
+                # Keeping the donor resident does not leave room: read the prefix afresh
+                # and let the donor go like any idle cache.
+                placement = Placement(placement.slot, placement.common)
             if not self._fits(job, placement):
-                return  # FIFO: later jobs wait behind this one
+                return  # FIFO: later jobs wait behind this one (running ones end in time)
             self._requests = now
             self._waiting.remove(job)
             self._start(job, placement)
