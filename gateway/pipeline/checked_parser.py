@@ -66,6 +66,7 @@ class CheckedParser:
         self.left_reasoning = not plan.thinking
         self.repaired: CallFailure | None = None
         self.problems: list[str] = []  # failures that went out as content
+        self.rejected: list[str] = []  # failures that ended a stream with an error
 
     @property
     def failure(self) -> CallFailure | None:
@@ -124,7 +125,7 @@ class CheckedParser:
         try:
             out = step()
         except CallRejected as exc:
-            self.problems.append(exc.failure.problem)
+            self.rejected.append(exc.failure.problem)
             raise ToolCallRejectedError(
                 f"The model's tool call failed its schema ({exc.failure.problem.replace('_', ' ')})"
                 " after it began to stream, and the repair did not produce a valid call.",
@@ -169,12 +170,13 @@ class CheckedParser:
         failure = self.failure
         assert failure is not None and self._checker is not None
         self._checker = None
-        self.problems.append(failure.problem)
         if failure.header_out:
+            self.rejected.append(failure.problem)
             raise ToolCallRejectedError(
                 f"The model's tool call failed its schema ({failure.problem.replace('_', ' ')}) "
                 "and no tokens were left to repair it."
             )
+        self.problems.append(failure.problem)
         return [ContentDelta(failure.markup())]
 
     def repair(self, remaining: int | None) -> GenerationRequest | None:

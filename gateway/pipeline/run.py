@@ -71,10 +71,11 @@ class Run:
         self.options = options or RunOptions()
         check = plan.route_settings.repair_tool_calls and bool(plan.parse_tools)
         can_repair = check and plan.model.backend.supports_grammar
-        # Streamed calls go out as they pass their checks only where a failure can be repaired;
-        # elsewhere a call waits whole, so a failed one can still become content.
+        # Streamed, a call goes out as it passes its checks (string arguments as generated);
+        # one that fails after its header went out and cannot be repaired ends the stream with
+        # an error. Not streamed, a call waits whole, so a failed one can become content.
         self._parser = CheckedParser(
-            plan, check=check, incremental=can_repair and plan.input.stream, repairable=can_repair
+            plan, check=check, incremental=plan.input.stream, repairable=can_repair
         )
         # (what failed, how it ended) for each call the checks found wanting.
         self.repairs: list[tuple[str, str]] = []
@@ -358,11 +359,14 @@ class Run:
         return request
 
     def _note_repairs(self) -> None:
+        repairs: list[tuple[str, str]] = []
         repaired = self._parser.repaired
         if repaired is not None:
             outcome = "repaired" if repaired.index in self._ended else "failed"
-            self.repairs.append((repaired.problem, outcome))
-        self.repairs += [(problem, "content") for problem in self._parser.problems]
+            repairs.append((repaired.problem, outcome))
+        repairs += [(problem, "content") for problem in self._parser.problems]
+        repairs += [(problem, "error") for problem in self._parser.rejected]
+        self.repairs = repairs
         if self.options.record is not None:
             self.options.record.repairs = list(self.repairs)
 
@@ -517,6 +521,7 @@ class Run:
         if self.budget_reached:
             record.budget_reached = True
         record.loop_stop = self.loop_stop
+        self._note_repairs()
         if self.backend_finish is not None:
             record.finish_reason = self.finish_reason
         else:

@@ -236,10 +236,11 @@ class ToolCallChecker:
     # -- the arguments' JSON ------------------------------------------------------------------
 
     def _arguments(self, call: _Call, text: str, out: list[ParseEvent]) -> None:
-        """Scan a fragment; what may go out goes, the value being checked waits."""
+        """Scan a fragment; what may go out goes (in the parser's fragments where it can), the
+        value being checked waits."""
         pos = 0
         n = len(text)
-        free = 0  # start of the text that may go out (or wait behind a checked value)
+        free = 0  # start of the text not yet let out or held
         while pos < n and self.failure is None:
             state = call.state
             ch = text[pos]
@@ -248,10 +249,9 @@ class ToolCallChecker:
                     call.state = _KEY
                     call.key.clear()
                 elif ch == "}":
-                    self._pass(call, text[free:pos], out)
-                    call.closing = "}"
+                    self._release(call, text[free:pos], out)
                     call.state = _CLOSED
-                    free = pos + 1
+                    free = pos
                 pos += 1
             elif state == _KEY:
                 stop = _STRING_STOP.search(text, pos)
@@ -275,54 +275,48 @@ class ToolCallChecker:
                     pos += 1
                     continue
                 param = self._schemas.param(call.name, call.current)
-                call.checked = not is_string_only(param.types) or param.members is not None
-                self._pass(call, text[free:pos], out)
-                free = pos
+                call.checked = ch != '"' or not is_string_only(param.types)
+                call.checked = call.checked or param.members is not None
                 call.value.clear()
                 call.depth = 0
                 call.in_string = call.escape = False
-                if ch == '"':
-                    call.state = _STRING
-                    pos += 1
-                else:
-                    call.state = _JSON
-                    call.checked = True  # (JSON comes whole: checked before it goes out)
+                if call.checked:  # (the value waits: what came before it goes out)
+                    self._release(call, text[free:pos], out)
+                    free = pos
+                call.state = _STRING if ch == '"' else _JSON
             elif state == _STRING:
-                pos = self._string_value(call, text, pos, n, out, free)
-                if call.state != _STRING:
-                    free = pos
-                elif not call.checked:
-                    self._pass(call, text[free:pos], out)
-                    free = pos
+                start = pos
+                pos, done = self._string_value(call, text, pos, n)
+                if not call.checked:
+                    call.value.append(text[start:pos])
+                if done:
+                    if call.checked:
+                        call.value.append(text[free:pos])
+                        free = pos
+                    self._value_done(call, out, streamed=not call.checked)
             elif state == _JSON:
                 pos, done = self._json_value(call, text, pos, n)
                 if done:
                     call.value.append(text[free:pos])
-                    self._value_done(call, out)
                     free = pos
+                    self._value_done(call, out)
             else:  # _CLOSED: nothing follows the object
                 pos = n
         if self.failure is not None:
             return
+        rest = text[free:]
         if call.state in (_STRING, _JSON) and call.checked:
-            call.value.append(text[free:])
+            call.value.append(rest)
         elif call.state == _CLOSED:
-            call.closing += text[free:]
+            call.closing += rest
         else:
-            self._pass(call, text[free:], out)
+            self._release(call, rest, out)
 
-    def _pass(self, call: _Call, text: str, out: list[ParseEvent]) -> None:
-        """Text outside a checked value, or a streamed string's."""
-        if call.state in (_STRING, _JSON) and call.checked:
-            call.value.append(text)
-            return
-        if not call.checked and call.state == _STRING and text:
-            call.value.append(text)
-        self._release(call, text, out)
-
-    def _string_value(
-        self, call: _Call, text: str, pos: int, n: int, out: list[ParseEvent], free: int
-    ) -> int:
+    def _string_value(self, call: _Call, text: str, pos: int, n: int) -> tuple[int, bool]:
+        """Scan a string value; it ends after its closing quote."""
+        if pos < n and not call.in_string:
+            pos += 1  # (the opening quote)
+            call.in_string = True
         while pos < n:
             if call.escape:
                 call.escape = False
@@ -330,20 +324,14 @@ class ToolCallChecker:
                 continue
             stop = _STRING_STOP.search(text, pos)
             if stop is None:
-                return n
+                return n, False
             pos = stop.start()
             if text[pos] == "\\":
                 call.escape = True
                 pos += 1
                 continue
-            # The closing quote: the value is complete.
-            if call.checked:
-                call.value.append(text[free : pos + 1])
-            else:
-                self._pass(call, text[free : pos + 1], out)
-            self._value_done(call, out, streamed=not call.checked)
-            return pos + 1
-        return pos
+            return pos + 1, True
+        return pos, False
 
     def _json_value(self, call: _Call, text: str, pos: int, n: int) -> tuple[int, bool]:
         """Scan a JSON value; it ends at the delimiter after it (not consumed)."""
