@@ -86,13 +86,11 @@ def call_rest_grammar(
         raise ValueError("a tool-call grammar needs at least one tool")
     builder = GrammarBuilder(string_without=TOOL_TAGS)
     if name is None:
-        rest = builder.add(
-            "rest",
-            " | ".join(
-                f"( {_rest_of_call(builder, t, with_name=True, given=(), open_key=None, open_string=False)} )"  # noqa: E501
-                for t in tools
-            ),
-        )
+        whole = [
+            _rest_of_call(builder, t, with_name=True, given=(), open_key=None, open_string=False)
+            for t in tools
+        ]
+        rest = builder.add("rest", " | ".join(f"( {body} )" for body in whole))
     else:
         tool = next(t for t in tools if (t.get("function") or {}).get("name") == name)
         rest = builder.add(
