@@ -11,6 +11,7 @@ In process (the app under Starlette's test client), so only the engine and the g
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -62,7 +63,7 @@ WRITES = [
 CASES: dict[str, list[tuple[str, int]]] = {
     "write_file": [(p, 1) for p in WRITES],
     "two weather calls": [
-        (f"What's the weather in {a} and {b}?", 2) for a, b in zip(CITIES, CITIES[1:], strict=False)
+        (f"What's the weather in {a} and {b}?", 2) for a, b in itertools.pairwise(CITIES)
     ],
     "weather": [(f"What's the weather in {c}?", 1) for c in CITIES],
 }
