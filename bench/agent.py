@@ -26,7 +26,6 @@ from starlette.testclient import TestClient
 from backends.llamacpp import LlamaCppBackend, LlamaCppBackendSettings, LlamaCppOptions
 from gateway.app import create_app
 from gateway.glm47.parser import GLM47Parser
-from gateway.glm47.schema import ToolSchemas
 from gateway.pipeline.tool_check import ToolCallChecker
 from gateway.settings import LoopGuardSettings, ModelSettings, RouteSettings, Settings
 
@@ -213,7 +212,7 @@ def check_latency(rounds: int = 2000) -> list[tuple[str, float, float]]:
             for _ in range(rounds):
                 parser = GLM47Parser(thinking=False, tools=TOOLS)
                 checker = (
-                    ToolCallChecker(ToolSchemas(TOOLS), incremental=True, repairable=True)
+                    ToolCallChecker(parser.schemas, incremental=True, repairable=True)
                     if checked
                     else None
                 )

@@ -25,7 +25,6 @@ from ..glm47.events import (
 )
 from ..glm47.parser import GLM47Parser
 from ..glm47.repair_grammar import call_rest_grammar
-from ..glm47.schema import ToolSchemas
 from ..glm47.tokens import TOOL_CALL_OPEN
 from .plan import Plan
 from .tool_check import CallFailure, CallRejected, ToolCallChecker
@@ -46,7 +45,7 @@ class CheckedParser:
         self._plan = plan
         self._tools: Sequence[Mapping[str, Any]] | None = plan.parse_tools
         self._parser = GLM47Parser(thinking=plan.thinking, tools=self._tools)
-        self._schemas = ToolSchemas(self._tools)
+        self._schemas = self._parser.schemas  # (one index of the tools, shared)
         self._checker = (
             ToolCallChecker(self._schemas, incremental=incremental, repairable=repairable)
             if check and self._tools
