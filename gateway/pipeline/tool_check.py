@@ -238,15 +238,15 @@ class ToolCallChecker:
     def _arguments(self, call: _Call, text: str, out: list[ParseEvent]) -> None:
         """Scan a fragment; what may go out goes (in the parser's fragments where it can), the
         value being checked waits."""
-        if call.state == _STRING and call.in_string and not call.checked and '"' not in text:
+        streamed = call.state == _STRING and call.in_string and not call.checked
+        if streamed and not call.escape and '"' not in text:
             # Inside a streamed string, a fragment without a quote is all string (the common
-            # case: a file body), unless an escape began at its end.
-            if not call.escape:
-                trailing = len(text) - len(text.rstrip("\\"))
-                call.escape = trailing % 2 == 1
-                call.value.append(text)
-                self._release(call, text, out)
-                return
+            # case: a file body); an escape may begin at its end.
+            trailing = len(text) - len(text.rstrip("\\"))
+            call.escape = trailing % 2 == 1
+            call.value.append(text)
+            self._release(call, text, out)
+            return
         pos = 0
         n = len(text)
         free = 0  # start of the text not yet let out or held
