@@ -196,3 +196,18 @@ def test_checks_hold_only_what_is_checked(chunk: int) -> None:
     )
     _, failure = _check(body + "</tool_call>", chunk, incremental=False)
     assert failure is not None and not failure.header_out and failure.args_out == 0
+
+
+def test_a_repair_after_a_valid_call_continues_the_second_call() -> None:
+    good = "<tool_call>write_file" + PATH + CONTENT + "</tool_call>"
+    first = "ok</think>" + good + "<tool_call>write_file" + PATH + "</tool_call>"
+    rest = CONTENT + "</tool_call>"
+    backend = GrammarBackend(scripted(first, rest, first, rest, chunk=4))
+    with gateway(backend) as (_, client):
+        (content, calls, finish), headers = _chat(client, False, tools=TOOLS)
+        streamed, _ = _chat(client, True, tools=TOOLS)
+    arguments = {"path": "a.txt", "content": "hello"}
+    assert [(n, json.loads(a)) for n, a in calls] == [("write_file", arguments)] * 2
+    assert streamed == (content, calls, finish) and finish == "tool_calls"
+    assert headers["x-glm-repairs"] == "missing_argument=repaired"
+    assert backend.requests[1].prompt.endswith(good + "<tool_call>write_file" + PATH)
