@@ -24,6 +24,10 @@ BUILTIN_ROUTES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
                 "repeat_penalty": 1.0,
                 # Agents' clients drop reasoning_content; the tool loop needs it back.
                 "preserve_thinking": True,
+                # Earlier turns' reasoning stays in the prompt (preserved thinking): the next
+                # turn's prompt then extends the last one and the engine reuses its cache
+                # (docs/BENCHMARKS.md, "Agent features": 8 tokens to prefill instead of 41).
+                "chat_template_kwargs": {"clear_thinking": False},
             }
         ),
     }

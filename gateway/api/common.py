@@ -138,4 +138,7 @@ def intervention_headers(run: Run) -> dict[str, str]:
         headers["x-glm-thinking-budget"] = f"reached; {run.reasoning_tokens} reasoning tokens"
     if run.loop_stop is not None:
         headers["x-glm-loop-guard"] = run.loop_stop
+    if run.repairs:
+        # (what failed in a tool call, then how it ended: repaired, failed or content)
+        headers["x-glm-repairs"] = ", ".join(f"{p}={o}" for p, o in run.repairs)
     return headers

@@ -95,6 +95,11 @@ class CallArguments:
         self._pend_key = ""
         self._literal_tail: str | None = ""  # nullable: a cut escape; None once the literal closed
 
+    @property
+    def schemas(self) -> ToolSchemas:
+        """The offered tools' schemas, as the parser types values by them."""
+        return self._schemas
+
     def _text(self, text: str) -> None:  # (the parser's: text to the current state's sink)
         raise NotImplementedError
 

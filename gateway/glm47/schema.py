@@ -35,6 +35,7 @@ __all__ = [
     "encode_string",
     "encode_value",
     "enum_members",
+    "is_member",
     "is_string_only",
     "json_type_allowed",
 ]
@@ -241,6 +242,11 @@ def _is_member(value: object, members: Sequence[Any]) -> bool:
         if same_kind and member == value:
             return True
     return False
+
+
+def is_member(value: object, members: Sequence[Any]) -> bool:
+    """Whether a decoded JSON value is one of ``members`` (``1`` is ``1.0``, not ``True``)."""
+    return _is_member(value, members)
 
 
 class _Undecodable(ValueError):

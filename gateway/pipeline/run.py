@@ -24,13 +24,12 @@ from ..glm47.events import (
     MessageAccumulator,
     ParsedMessage,
     ParseEvent,
-    ReasoningDelta,
     ToolCallArguments,
     ToolCallEnd,
     ToolCallStart,
 )
-from ..glm47.parser import GLM47Parser
 from ..observability import Metrics, RequestRecord
+from .checked_parser import CheckedParser
 from .loop_guard import RepetitionDetector, canonical_arguments
 from .plan import Plan
 
@@ -70,7 +69,17 @@ class Run:
     def __init__(self, plan: Plan, options: RunOptions | None = None) -> None:
         self.plan = plan
         self.options = options or RunOptions()
-        self._parser = GLM47Parser(thinking=plan.thinking, tools=plan.parse_tools)
+        check = plan.route_settings.repair_tool_calls and bool(plan.parse_tools)
+        can_repair = check and plan.model.backend.supports_grammar
+        # Streamed, a call goes out as it passes its checks (string arguments as generated);
+        # one that fails after its header went out and cannot be repaired ends the stream with
+        # an error. Not streamed, a call waits whole, so a failed one can become content.
+        self._parser = CheckedParser(
+            plan, check=check, incremental=plan.input.stream, repairable=can_repair
+        )
+        # (what failed, how it ended) for each call the checks found wanting.
+        self.repairs: list[tuple[str, str]] = []
+        self._ended: set[int] = set()
         self._events: AsyncIterator[BackendEvent] | None = None
         self._slot: Slot | None = None
         self.prompt_tokens = 0
@@ -305,27 +314,61 @@ class Run:
                 yield self._note(group)
             if self._stopped_early:
                 break
-            request = self._continuation()
-            if request is None:
-                break
+            request = self._repair() if self._parser.failure else self._continuation()
+            if request is None and self._parser.failure is None:
+                self._finished_at = time.perf_counter()
+                if self.backend_finish is None:
+                    raise BackendError("the backend ended without finishing the generation")
+                # A generation cut by the token limit may end inside a tag or a call (2b).
+                tail = self._parser.finish(truncated=self.backend_finish == "length")
+                if self._parser.failure:  # a call left open at a stop
+                    request = self._repair()
+                if request is None:
+                    tail += self._parser.give_up() if self._parser.failure else []
+                    self._count_tokens(tail, 0)
+                    tail = self._release(tail, end=True)
+                    if tail:
+                        yield self._note(tail)
+                    break
+                if tail:
+                    yield self._note(self._release(tail))
+            elif request is None:  # a failure that no repair can follow
+                yield self._note(self._release(self._parser.give_up()))
+                continue
             await self._next_leg(request)
             # What the parser held back before the closing tag it was fed.
             pending = self._release(self._pending)
             self._pending = []
             if pending:
                 yield self._note(pending)
-        if not self._stopped_early:
-            self._finished_at = time.perf_counter()
-            if self.backend_finish is None:
-                raise BackendError("the backend ended without finishing the generation")
-            # A generation cut by the token limit may end inside a tag or a call (FORMAT.md 2b).
-            tail = self._parser.finish(truncated=self.backend_finish == "length")
-            self._count_tokens(tail, 0)
-            tail = self._release(tail, end=True)
-            if tail:
-                yield self._note(tail)
+        self._note_repairs()
         if self.options.on_complete is not None:
             self.options.on_complete(self)
+
+    def _repair(self) -> GenerationRequest | None:
+        """The continuation that repairs a failed call (once per generation), or None."""
+        failure = self._parser.failure
+        if failure is None or self._parser.repaired is not None:
+            return None
+        limit = self.plan.sampling.max_tokens
+        remaining = None if limit is None else limit - self.completion_tokens
+        request = self._parser.repair(remaining)
+        if request is not None:
+            self._budget_leg = False
+            self._left_reasoning = True
+        return request
+
+    def _note_repairs(self) -> None:
+        repairs: list[tuple[str, str]] = []
+        repaired = self._parser.repaired
+        if repaired is not None:
+            outcome = "repaired" if repaired.index in self._ended else "failed"
+            repairs.append((repaired.problem, outcome))
+        repairs += [(problem, "content") for problem in self._parser.problems]
+        repairs += [(problem, "error") for problem in self._parser.rejected]
+        self.repairs = repairs
+        if self.options.record is not None:
+            self.options.record.repairs = list(self.repairs)
 
     async def _leg_events(self) -> AsyncGenerator[list[ParseEvent], None]:
         inter_token = None
@@ -350,6 +393,10 @@ class Run:
                     self.completion_tokens += count
                     parsed = self._parser.feed(text)
                     self._count_tokens(parsed, count)
+                    if self._parser.failure is not None:
+                        # A repair goes on from the failure: this leg is done.
+                        yield self._release(parsed)
+                        return
                     if single_call and self.tool_calls_ended:
                         yield self._release(_through_first_call(parsed), end=True)
                         self.backend_finish = "stop"
@@ -415,6 +462,8 @@ class Run:
         for event in group:
             if isinstance(event, ToolCallStart):
                 self.call_id(event.index)
+            elif isinstance(event, ToolCallEnd):
+                self._ended.add(event.index)
             self._message.add(event)
         return group
 
@@ -440,8 +489,8 @@ class Run:
         for event in parsed:
             if isinstance(event, ToolCallEnd):
                 self.tool_calls_ended += 1
-            if not isinstance(event, ReasoningDelta):
-                self._left_reasoning = True
+        if self._parser.left_reasoning:
+            self._left_reasoning = True
         if not self._left_reasoning:
             self.reasoning_tokens += count
 
@@ -472,6 +521,7 @@ class Run:
         if self.budget_reached:
             record.budget_reached = True
         record.loop_stop = self.loop_stop
+        self._note_repairs()
         if self.backend_finish is not None:
             record.finish_reason = self.finish_reason
         else:
