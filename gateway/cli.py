@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=("f16", "bf16", "f32", "q8_0", "q4_0"),
         help="KV cache type (V follows K; quantized needs flash attention); default f16",
     )
+    engine.add_argument(
+        "--cache-ram",
+        dest="cache_ram_mib",
+        type=int,
+        help="MiB of host RAM for evicted sequences' KV states (default 8192; 0 = off)",
+    )
     serve.add_argument(
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], default=None
     )
@@ -73,6 +79,7 @@ _ENGINE_FLAGS = (
     "n_ubatch",
     "flash_attn",
     "cache_type_k",
+    "cache_ram_mib",
 )
 
 

@@ -33,6 +33,7 @@ def _build(settings: LlamaCppBackendSettings) -> LlamaCppBackend:
             n_ubatch=settings.n_ubatch,
             flash_attn=settings.flash_attn,
             cache_type_k=settings.cache_type_k,
+            cache_ram_mib=settings.cache_ram_mib,
             verbose=settings.verbose,
         )
     )

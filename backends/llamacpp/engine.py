@@ -5,7 +5,8 @@ token of every decoding sequence plus chunks of waiting prompts up to ``n_batch`
 keep flowing while a long prompt is read. ``parallel`` sequences share one unified KV cache.
 A job is admitted when a sequence is free and the cache can hold its prompt plus its token
 limit (so running jobs never run out of room); otherwise it waits. Cancellation is seen
-between steps, so a cancelled job frees its sequence within one step.
+between steps, so a cancelled job frees its sequence within one step. A sequence's cache that
+is dropped goes to host RAM first (``state_cache``), to be restored for its next turn.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .model import LoadedModel, TextOutput
 from .options import LlamaCppStats
 from .sampler import SamplerChain
 from .slots import MIN_USEFUL_PREFIX, Placement, Slot, common_prefix, pending_overlap, place
+from .state_cache import Match, StateCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,7 @@ class _Active:
 
 
 class Engine:
-    def __init__(self, model: LoadedModel, parallel: int) -> None:
+    def __init__(self, model: LoadedModel, parallel: int, cache_ram: int = 0) -> None:
         self._m = model
         self._lib = model.lib
         self.n_ctx = model.n_ctx
@@ -76,7 +78,16 @@ class Engine:
         self._active: list[_Active] = []
         self._stopping = False
         self._requests = 0
-        self._c = {"generated": 0, "evaluated": 0, "reused": 0, "shared": 0, "steps": 0, "max": 0}
+        self._ram = StateCache(cache_ram if model.cache_prompt else 0)
+        self._c = {
+            "restored": 0,
+            "generated": 0,
+            "evaluated": 0,
+            "reused": 0,
+            "shared": 0,
+            "steps": 0,
+            "max": 0,
+        }
         self.stats = LlamaCppStats(kv_cells_total=self.n_ctx)
         self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
         self._thread.start()
@@ -160,17 +171,19 @@ class Engine:
             placement = place(self._slots, job.prompt_tokens, job.conversation_key, now)
             if placement is None:
                 return
-            if not self._fits(job, placement):
+            offered = max(placement.common, placement.share_len)
+            restore = self._ram.match(job.prompt_tokens, offered) if self._ram.enabled else None
+            if not self._fits(job, placement, restore):
                 return  # FIFO: later jobs wait behind this one
             self._requests = now
             self._waiting.remove(job)
-            self._start(job, placement)
+            self._start(job, placement, restore)
             reading.append(job.prompt_tokens)
 
     def _need(self, job: Job) -> int:
         return len(job.prompt_tokens) + job.max_new_tokens
 
-    def _fits(self, job: Job, placement: Placement) -> bool:
+    def _fits(self, job: Job, placement: Placement, restore: Match | None) -> bool:
         """Whether the cache holds the job; evicts idle caches, least valuable first.
 
         Neither the chosen sequence nor the one its prefix is shared from is evicted."""
@@ -186,18 +199,28 @@ class Engine:
             # The source stays resident: what the new sequence does not share is held too.
             held += max(len(source.tokens) - placement.share_len, 0)
         need = self._need(job)
+        if restore is not None:  # the whole state goes in before its tail is trimmed
+            need = max(need, len(restore.state.tokens))
         while reserved + held + need > self.n_ctx and idle:
             victim = idle.pop(0)
             held -= len(victim.tokens)
+            self._ram.save(self._m, victim, self._requests)
             self._m.seq_rm(victim.seq_id, 0)
             victim.tokens = []
             victim.exact = 0
         return reserved + held + need <= self.n_ctx
 
-    def _start(self, job: Job, placement: Placement) -> None:
+    def _start(self, job: Job, placement: Placement, restore: Match | None) -> None:
         slot = placement.slot
         prompt = job.prompt_tokens
-        if placement.share_from is not None:
+        if len(slot.tokens) - placement.common >= MIN_USEFUL_PREFIX:
+            # Another conversation's cache, about to be overwritten.
+            self._ram.save(self._m, slot, self._requests)
+        if self._ram.enabled and restore is None:
+            self._ram.misses += 1
+        if restore is not None:
+            common = self._ram.restore(self._m, slot, restore, self._requests)
+        elif placement.share_from is not None:
             n = min(placement.share_len, len(prompt) - 1)
             self._m.seq_rm(slot.seq_id, 0)
             self._m.seq_cp(placement.share_from.seq_id, slot.seq_id, n)
@@ -220,6 +243,8 @@ class Engine:
         slot.last_used = self._requests
         slot.conversation_key = job.conversation_key
         self._c["reused"] += reuse
+        if restore is not None:
+            self._c["restored"] += reuse
         job.emit(Admitted(reuse))
         try:
             sampler = SamplerChain(self._lib, self._m.vocab, job.sampling, job.seed, job.grammar)
@@ -371,6 +396,12 @@ class Engine:
             prompt_tokens_evaluated=c["evaluated"],
             prompt_tokens_reused=c["reused"],
             prompt_tokens_shared=c["shared"],
+            prompt_tokens_restored=c["restored"],
+            ram_cache_bytes=self._ram.nbytes,
+            ram_cache_states=len(self._ram),
+            ram_cache_hits=self._ram.hits,
+            ram_cache_misses=self._ram.misses,
+            ram_cache_evictions=self._ram.evictions,
             kv_cells_used=sum(len(s.tokens) for s in self._slots),
             kv_cells_total=self.n_ctx,
             sequences_busy=sum(s.busy for s in self._slots),

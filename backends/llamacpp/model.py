@@ -155,6 +155,19 @@ class LoadedModel:
     def clear(self) -> None:
         self.lib.llama_memory_clear(self.memory, True)
 
+    def state_size(self, seq: int) -> int:
+        return int(self.lib.llama_state_seq_get_size(self.ctx, seq))
+
+    def state_save(self, seq: int, size: int) -> tuple[Any, int] | None:
+        """A host copy of ``seq``'s KV entries (a ctypes buffer and its length), or None."""
+        buf = (ctypes.c_uint8 * size)()
+        n = int(self.lib.llama_state_seq_get_data(self.ctx, buf, size, seq))
+        return (buf, n) if 0 < n <= size else None
+
+    def state_load(self, seq: int, data: Any, nbytes: int) -> bool:
+        """Puts a saved state into ``seq`` (emptied first); False where llama.cpp refused it."""
+        return int(self.lib.llama_state_seq_set_data(self.ctx, data, nbytes, seq)) > 0
+
 
 class TextOutput:
     """Token bytes -> text, holding back partial UTF-8 and possible stop-string prefixes."""

@@ -29,4 +29,10 @@ class LlamaCppBackendSettings(BackendSettingsBase):
     flash_attn: FlashAttn = "auto"
     # V follows K (GLM's MLA cache holds K only); a quantized cache needs flash attention.
     cache_type_k: CacheType = "f16"
+    cache_ram_mib: int = Field(
+        8192,
+        ge=0,
+        description="Host RAM (MiB) for evicted sequences' KV states, restored for their next "
+        "turn; 0 turns it off",
+    )
     verbose: bool = False
