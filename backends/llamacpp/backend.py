@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -230,6 +231,9 @@ class LlamaCppBackend(Backend):
             grammar=request.grammar,
             conversation_key=request.conversation_key,
             deterministic=sampling.seed is not None or self._options.seed is not None,
+            deadline=None
+            if request.max_queue_wait is None
+            else time.monotonic() + request.max_queue_wait,
         )
         engine.submit(job)
         finished: Finished | None = None

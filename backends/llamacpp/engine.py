@@ -12,6 +12,7 @@ is dropped goes to host RAM first (``state_cache``), to be restored for its next
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class Job:
     conversation_key: str | None = None
     # Reproducible when run alone: reuse only exact entries, read in aligned chunks.
     deterministic: bool = False
+    # time.monotonic() by which the job must have a sequence and room, else it is refused.
+    deadline: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -124,13 +127,14 @@ class Engine:
                     while not (self._stopping or self._incoming or self._active or self._ready()):
                         if self._waiting and not idle:
                             break
-                        self._cond.wait()
+                        self._cond.wait(self._until_deadline())
                     self._waiting.extend(self._incoming)
                     self._incoming.clear()
                     if self._stopping:
                         break
                 self._drop_cancelled()
                 self._admit()
+                self._expire()
                 idle = not self._active
                 if self._active:
                     self._step()
@@ -149,7 +153,25 @@ class Engine:
             self._m.close()
 
     def _ready(self) -> bool:
-        return any(j.cancel.is_set() for j in self._waiting)
+        now = time.monotonic()
+        return any(j.cancel.is_set() or _expired(j, now) for j in self._waiting)
+
+    def _until_deadline(self) -> float | None:
+        deadlines = [j.deadline for j in self._waiting if j.deadline is not None]
+        return max(min(deadlines) - time.monotonic(), 0.0) if deadlines else None
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for job in [j for j in self._waiting if _expired(j, now)]:
+            self._waiting.remove(job)
+            job.emit(
+                BackendUnavailable(
+                    "The request waited its time limit for room in the model's KV cache "
+                    "without being served.",
+                    code="queue_timeout",
+                )
+            )
+            job.released()
 
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._waiting if j.cancel.is_set()]:
@@ -408,3 +430,7 @@ class Engine:
             steps=c["steps"],
             max_sequences_per_step=c["max"],
         )
+
+
+def _expired(job: Job, now: float) -> bool:
+    return job.deadline is not None and now >= job.deadline
