@@ -25,6 +25,7 @@ def _build(settings: LlamaCppBackendSettings) -> LlamaCppBackend:
         LlamaCppOptions(
             model_path=str(resolve_model(settings.model)),
             n_ctx=settings.n_ctx,
+            fit_target_mib=settings.fit_target_mib,
             n_gpu_layers=settings.n_gpu_layers,
             n_threads=settings.threads,
             n_threads_batch=settings.threads_batch or settings.threads,

@@ -100,6 +100,8 @@ class LlamaCppBackend(Backend):
         if model is None:
             return ModelInfo(context_length=o.n_ctx or None, extra=extra)
         extra.update(n_ctx_train=model.n_ctx_train, n_batch=model.n_batch)
+        if model.fit is not None:
+            extra["n_ctx_fit"] = model.fit.describe()
         return ModelInfo(context_length=model.n_ctx, extra=extra)
 
     @property

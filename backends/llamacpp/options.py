@@ -15,8 +15,10 @@ class LlamaCppOptions:
 
     model_path: str
     # Context size in tokens, shared by all sequences (one unified KV cache, so one
-    # conversation may use all of it); 0 takes the model's trained context.
-    n_ctx: int = 8192
+    # conversation may use all of it); 0 takes the model's trained context; None fits it to
+    # the memory left after the weights (``fit``), keeping ``fit_target_mib`` free.
+    n_ctx: int | None = None
+    fit_target_mib: int = 1024
     # Sequences decoded together (llama-server's --parallel): the backend's capacity.
     parallel: int = 4
     # Layers offloaded to the GPU; -1 = all. No effect on a CPU-only build.
