@@ -24,7 +24,7 @@ from .slots import MIN_SHARED_PREFIX, MIN_USEFUL_PREFIX, Slot, common_prefix
 
 @dataclass(slots=True)
 class SavedState:
-    tokens: tuple[int, ...]
+    tokens: list[int]
     # The sequence's ``exact`` count when saved (restored bytes are the bytes saved).
     exact: int
     # A ctypes uint8 array and the bytes of it llama.cpp wrote.
@@ -71,7 +71,7 @@ class StateCache:
     ) -> None:
         if nbytes > self.capacity:
             return
-        new = SavedState(tuple(tokens), exact, data, nbytes, last_used)
+        new = SavedState(list(tokens), exact, data, nbytes, last_used)
         # States this one extends are no longer needed.
         for old in [
             s for s in self._states if common_prefix(s.tokens, new.tokens) == len(s.tokens)

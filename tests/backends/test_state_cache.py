@@ -63,3 +63,15 @@ def test_a_state_restored_whole_leaves_the_store() -> None:
     assert whole is not None
     cache.restored(whole, now=4)
     assert len(cache) == 1 and cache.hits == 2 and cache.nbytes == 10
+
+
+def test_common_prefix_across_block_boundaries() -> None:
+    from backends.llamacpp.slots import common_prefix
+
+    base = list(range(1000))
+    for cut in (0, 1, 255, 256, 257, 511, 512, 999):
+        other = [*base[:cut], -1, *base[cut + 1 :]]
+        assert common_prefix(base, other) == cut
+    assert common_prefix(base, base[:700]) == 700
+    assert common_prefix(base[:3], base) == 3
+    assert common_prefix([], base) == 0
