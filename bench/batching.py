@@ -72,6 +72,8 @@ async def stream(
     text: list[str] = []
     usage: dict[str, Any] = {}
     async with client.stream("POST", f"{base}/v1/chat/completions", json=body) as reply:
+        if reply.status_code != 200:
+            raise RuntimeError(f"{base}: {reply.status_code} {(await reply.aread())[:300]!r}")
         async for line in reply.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -142,7 +144,7 @@ def _document(lines: int) -> str:
 
 async def shared_prefix(base: str) -> tuple[float, int, int]:
     """4 requests with one ~2k-token prefix at once: wall s, prompt tokens, tokens read."""
-    prefix = _document(125)
+    prefix = _document(80)  # ~1.95k tokens: within one of llama-server's 4 slots' 2048
     msgs = [
         [{"role": "user", "content": f"{prefix}\nQuestion {i}: which step matters most?"}]
         for i in range(4)
@@ -159,13 +161,14 @@ async def long_prompt_admitted(base: str) -> tuple[float, float, float, float]:
     """Inter-token gaps (s) of 3 streams while a ~4k-token prompt is read: p50, p99, max;
     and the long prompt's TTFT."""
     async with httpx.AsyncClient(timeout=600) as client:
+        # Counting runs to the token limit: the streams outlast the long prompt.
         msgs = [
-            [{"role": "user", "content": f"({i}) Write a long story about a lighthouse."}]
+            [{"role": "user", "content": f"({i}) Count from 1 to 1000, separated by commas."}]
             for i in range(3)
         ]
         runs = [asyncio.ensure_future(stream(client, base, m, 400)) for m in msgs]
         await asyncio.sleep(3.0)  # the three are decoding
-        doc = [{"role": "user", "content": f"{_document(250)}\nSummarise the steps."}]
+        doc = [{"role": "user", "content": f"{_document(170)}\nSummarise the steps."}]
         long = await stream(client, base, doc, 1)
         window = (long["t0"], long["stamps"][0] if long["stamps"] else time.perf_counter())
         results = await asyncio.gather(*runs)
