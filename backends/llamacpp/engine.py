@@ -350,6 +350,7 @@ class Engine:
         evicted = False
         for slot in self._slots:
             if not slot.busy and slot.tokens:
+                self._ram.save(self._m, slot, self._requests)
                 self._m.seq_rm(slot.seq_id, 0)
                 slot.tokens = []
                 slot.exact = 0

@@ -19,15 +19,8 @@ from backends.base import GenerationRequest, SamplingParams
 from backends.llamacpp import LlamaCppOptions
 from backends.llamacpp.model import LoadedModel
 from gateway.glm47.tokens import STOP_TOKENS
-from tests.backends.test_llamacpp_batching import (
-    COUNTRIES,
-    capital_prompt,
-    collect,
-    finish_of,
-    load,
-    started_of,
-    text_of,
-)
+from tests.backends.events import finish_of, started_of, text_of
+from tests.backends.test_llamacpp_batching import COUNTRIES, capital_prompt, collect, load
 
 pytestmark = [pytest.mark.engine, pytest.mark.asyncio(loop_scope="module")]
 
