@@ -26,7 +26,8 @@ from ..base import (
     Started,
 )
 from ..errors import BackendError, BackendNotReady, BadRequest, PromptTooLong
-from .engine import Admitted, Engine, Job
+from .engine import Engine
+from .jobs import Admitted, Job
 from .model import LoadedModel
 from .options import LlamaCppOptions, LlamaCppStats
 from .sampler import check_grammar, sampling_values

@@ -14,44 +14,17 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..base import Chunk, Finished, FinishReason
 from ..errors import BackendError, BackendUnavailable
+from .jobs import Admitted, Job, timed_out, until_deadline
 from .model import LoadedModel, TextOutput
 from .options import LlamaCppStats
 from .sampler import SamplerChain
 from .slots import MIN_USEFUL_PREFIX, Placement, Slot, common_prefix, pending_overlap, place
 from .state_cache import Match, StateCache
-
-
-@dataclass(frozen=True, slots=True)
-class Admitted:
-    """The job has a sequence; ``cached_tokens`` of its prompt are reused."""
-
-    cached_tokens: int
-
-
-@dataclass(slots=True)
-class Job:
-    prompt_tokens: list[int]
-    stop_ids: frozenset[int]
-    stop_strings: tuple[str, ...]
-    max_new_tokens: int
-    seed: int
-    sampling: dict[str, float]
-    emit: Callable[[Any], None]
-    # Called once, on the engine thread, when the job no longer uses the engine.
-    released: Callable[[], None]
-    grammar: str | None = None
-    conversation_key: str | None = None
-    # Reproducible when run alone: reuse only exact entries, read in aligned chunks.
-    deterministic: bool = False
-    # time.monotonic() by which the job must have a sequence and room, else it is refused.
-    deadline: float | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(slots=True)
@@ -127,7 +100,7 @@ class Engine:
                     while not (self._stopping or self._incoming or self._active or self._ready()):
                         if self._waiting and not idle:
                             break
-                        self._cond.wait(self._until_deadline())
+                        self._cond.wait(until_deadline(self._waiting))
                     self._waiting.extend(self._incoming)
                     self._incoming.clear()
                     if self._stopping:
@@ -154,23 +127,13 @@ class Engine:
 
     def _ready(self) -> bool:
         now = time.monotonic()
-        return any(j.cancel.is_set() or _expired(j, now) for j in self._waiting)
-
-    def _until_deadline(self) -> float | None:
-        deadlines = [j.deadline for j in self._waiting if j.deadline is not None]
-        return max(min(deadlines) - time.monotonic(), 0.0) if deadlines else None
+        return any(j.cancel.is_set() or j.expired(now) for j in self._waiting)
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for job in [j for j in self._waiting if _expired(j, now)]:
+        for job in [j for j in self._waiting if j.expired(now)]:
             self._waiting.remove(job)
-            job.emit(
-                BackendUnavailable(
-                    "The request waited its time limit for room in the model's KV cache "
-                    "without being served.",
-                    code="queue_timeout",
-                )
-            )
+            job.emit(timed_out())
             job.released()
 
     def _drop_cancelled(self) -> None:
@@ -431,7 +394,3 @@ class Engine:
             steps=c["steps"],
             max_sequences_per_step=c["max"],
         )
-
-
-def _expired(job: Job, now: float) -> bool:
-    return job.deadline is not None and now >= job.deadline
