@@ -57,6 +57,10 @@ class GenerationRequest:
     # (system prompt, tools, first user message); 0: unknown. Without a conversation key, a
     # hash of that part stands in for one (replica affinity).
     stable_prefix: int = 0
+    # Seconds the engine may keep the request waiting for room (KV cache, sequences) before
+    # refusing it with ``BackendUnavailable(code="queue_timeout")``; None waits as long as
+    # it takes. The gateway passes what is left of its admission ``max_wait``.
+    max_queue_wait: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     engine = serve.add_argument_group("llama.cpp engine")
-    engine.add_argument("--n-ctx", type=int, help="context size (default 8192; 0 = model's)")
+    engine.add_argument(
+        "--n-ctx",
+        type=int,
+        help="context size (default: what fits in the memory left after the weights, capped "
+        "by the model's; 0 = the model's)",
+    )
     engine.add_argument("--n-gpu-layers", type=int, help="layers on the GPU (default -1 = all)")
     engine.add_argument("--threads", type=int, help="CPU threads (default: llama.cpp's choice)")
     engine.add_argument(
@@ -55,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-type-k",
         choices=("f16", "bf16", "f32", "q8_0", "q4_0"),
         help="KV cache type (V follows K; quantized needs flash attention); default f16",
+    )
+    engine.add_argument(
+        "--cache-ram",
+        dest="cache_ram_mib",
+        type=int,
+        help="MiB of host RAM for evicted sequences' KV states (default 8192; 0 = off)",
     )
     serve.add_argument(
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], default=None
@@ -73,6 +84,7 @@ _ENGINE_FLAGS = (
     "n_ubatch",
     "flash_attn",
     "cache_type_k",
+    "cache_ram_mib",
 )
 
 

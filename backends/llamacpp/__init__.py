@@ -25,6 +25,7 @@ def _build(settings: LlamaCppBackendSettings) -> LlamaCppBackend:
         LlamaCppOptions(
             model_path=str(resolve_model(settings.model)),
             n_ctx=settings.n_ctx,
+            fit_target_mib=settings.fit_target_mib,
             n_gpu_layers=settings.n_gpu_layers,
             n_threads=settings.threads,
             n_threads_batch=settings.threads_batch or settings.threads,
@@ -33,6 +34,7 @@ def _build(settings: LlamaCppBackendSettings) -> LlamaCppBackend:
             n_ubatch=settings.n_ubatch,
             flash_attn=settings.flash_attn,
             cache_type_k=settings.cache_type_k,
+            cache_ram_mib=settings.cache_ram_mib,
             verbose=settings.verbose,
         )
     )

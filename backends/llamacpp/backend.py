@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -25,7 +26,8 @@ from ..base import (
     Started,
 )
 from ..errors import BackendError, BackendNotReady, BadRequest, PromptTooLong
-from .engine import Admitted, Engine, Job
+from .engine import Engine
+from .jobs import Admitted, Job
 from .model import LoadedModel
 from .options import LlamaCppOptions, LlamaCppStats
 from .sampler import check_grammar, sampling_values
@@ -68,7 +70,7 @@ class LlamaCppBackend(Backend):
                 f"llama.cpp could not load {self._options.model_path}: {exc}"
             ) from exc
         self._model = model
-        self._engine = Engine(model, self._parallel)
+        self._engine = Engine(model, self._parallel, self._options.cache_ram_mib << 20)
 
     async def aclose(self) -> None:
         self._closing = True
@@ -92,12 +94,15 @@ class LlamaCppBackend(Backend):
             "flash_attn": o.flash_attn,
             "cache_type_k": o.cache_type_k,
             "cache_prompt": o.cache_prompt,
+            "cache_ram_mib": o.cache_ram_mib if o.cache_prompt else 0,
             "n_ubatch": o.n_ubatch,
         }
         model = self._model
         if model is None:
             return ModelInfo(context_length=o.n_ctx or None, extra=extra)
         extra.update(n_ctx_train=model.n_ctx_train, n_batch=model.n_batch)
+        if model.fit is not None:
+            extra["n_ctx_fit"] = model.fit.describe()
         return ModelInfo(context_length=model.n_ctx, extra=extra)
 
     @property
@@ -123,11 +128,41 @@ class LlamaCppBackend(Backend):
                 s.prompt_tokens_shared,
                 True,
             ),
+            EngineMetric(
+                "prompt_tokens_restored",
+                "Reused prompt tokens restored from a state saved in host RAM",
+                s.prompt_tokens_restored,
+                True,
+            ),
             EngineMetric("tokens_generated", "Tokens sampled", s.tokens_generated, True),
             EngineMetric("kv_cells_used", "KV cells the sequences hold", s.kv_cells_used),
             EngineMetric("kv_cells_total", "KV cells in the context", s.kv_cells_total),
             EngineMetric("sequences_busy", "Sequences generating", s.sequences_busy),
             EngineMetric("sequences_total", "Sequences (parallel)", self._parallel),
+            EngineMetric(
+                "ram_cache_bytes",
+                "Bytes of evicted sequences' KV states in host RAM",
+                s.ram_cache_bytes,
+            ),
+            EngineMetric("ram_cache_states", "Sequence states in host RAM", s.ram_cache_states),
+            EngineMetric(
+                "ram_cache_hits",
+                "Admissions that restored a state from host RAM",
+                s.ram_cache_hits,
+                True,
+            ),
+            EngineMetric(
+                "ram_cache_misses",
+                "Admissions that restored no state from host RAM",
+                s.ram_cache_misses,
+                True,
+            ),
+            EngineMetric(
+                "ram_cache_evictions",
+                "States dropped from host RAM to stay within its budget",
+                s.ram_cache_evictions,
+                True,
+            ),
         ]
 
     # -- generation -------------------------------------------------------------------------
@@ -199,6 +234,9 @@ class LlamaCppBackend(Backend):
             grammar=request.grammar,
             conversation_key=request.conversation_key,
             deterministic=sampling.seed is not None or self._options.seed is not None,
+            deadline=None
+            if request.max_queue_wait is None
+            else time.monotonic() + request.max_queue_wait,
         )
         engine.submit(job)
         finished: Finished | None = None

@@ -5,48 +5,26 @@ token of every decoding sequence plus chunks of waiting prompts up to ``n_batch`
 keep flowing while a long prompt is read. ``parallel`` sequences share one unified KV cache.
 A job is admitted when a sequence is free and the cache can hold its prompt plus its token
 limit (so running jobs never run out of room); otherwise it waits. Cancellation is seen
-between steps, so a cancelled job frees its sequence within one step.
+between steps, so a cancelled job frees its sequence within one step. A sequence's cache that
+is dropped goes to host RAM first (``state_cache``), to be restored for its next turn.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..base import Chunk, Finished, FinishReason
 from ..errors import BackendError, BackendUnavailable
+from .jobs import Admitted, Job, timed_out, until_deadline
 from .model import LoadedModel, TextOutput
 from .options import LlamaCppStats
 from .sampler import SamplerChain
 from .slots import MIN_USEFUL_PREFIX, Placement, Slot, common_prefix, pending_overlap, place
-
-
-@dataclass(frozen=True, slots=True)
-class Admitted:
-    """The job has a sequence; ``cached_tokens`` of its prompt are reused."""
-
-    cached_tokens: int
-
-
-@dataclass(slots=True)
-class Job:
-    prompt_tokens: list[int]
-    stop_ids: frozenset[int]
-    stop_strings: tuple[str, ...]
-    max_new_tokens: int
-    seed: int
-    sampling: dict[str, float]
-    emit: Callable[[Any], None]
-    # Called once, on the engine thread, when the job no longer uses the engine.
-    released: Callable[[], None]
-    grammar: str | None = None
-    conversation_key: str | None = None
-    # Reproducible when run alone: reuse only exact entries, read in aligned chunks.
-    deterministic: bool = False
-    cancel: threading.Event = field(default_factory=threading.Event)
+from .state_cache import Match, StateCache
 
 
 @dataclass(slots=True)
@@ -62,7 +40,7 @@ class _Active:
 
 
 class Engine:
-    def __init__(self, model: LoadedModel, parallel: int) -> None:
+    def __init__(self, model: LoadedModel, parallel: int, cache_ram: int = 0) -> None:
         self._m = model
         self._lib = model.lib
         self.n_ctx = model.n_ctx
@@ -76,7 +54,16 @@ class Engine:
         self._active: list[_Active] = []
         self._stopping = False
         self._requests = 0
-        self._c = {"generated": 0, "evaluated": 0, "reused": 0, "shared": 0, "steps": 0, "max": 0}
+        self._ram = StateCache(cache_ram if model.cache_prompt else 0)
+        self._c = {
+            "restored": 0,
+            "generated": 0,
+            "evaluated": 0,
+            "reused": 0,
+            "shared": 0,
+            "steps": 0,
+            "max": 0,
+        }
         self.stats = LlamaCppStats(kv_cells_total=self.n_ctx)
         self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
         self._thread.start()
@@ -113,13 +100,14 @@ class Engine:
                     while not (self._stopping or self._incoming or self._active or self._ready()):
                         if self._waiting and not idle:
                             break
-                        self._cond.wait()
+                        self._cond.wait(until_deadline(self._waiting))
                     self._waiting.extend(self._incoming)
                     self._incoming.clear()
                     if self._stopping:
                         break
                 self._drop_cancelled()
                 self._admit()
+                self._expire()
                 idle = not self._active
                 if self._active:
                     self._step()
@@ -138,7 +126,15 @@ class Engine:
             self._m.close()
 
     def _ready(self) -> bool:
-        return any(j.cancel.is_set() for j in self._waiting)
+        now = time.monotonic()
+        return any(j.cancel.is_set() or j.expired(now) for j in self._waiting)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for job in [j for j in self._waiting if j.expired(now)]:
+            self._waiting.remove(job)
+            job.emit(timed_out())
+            job.released()
 
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._waiting if j.cancel.is_set()]:
@@ -160,21 +156,28 @@ class Engine:
             placement = place(self._slots, job.prompt_tokens, job.conversation_key, now)
             if placement is None:
                 return
-            if not self._fits(job, placement) and placement.share_from is not None:
+            offered = max(placement.common, placement.share_len)
+            restore = self._ram.match(job.prompt_tokens, offered) if self._ram.enabled else None
+            if not self._fits(job, placement, restore) and placement.share_from is not None:
                 # Keeping the donor resident does not leave room: read the prefix afresh
-                # and let the donor go like any idle cache.
+                # (or from RAM) and let the donor go like any idle cache.
                 placement = Placement(placement.slot, placement.common)
-            if not self._fits(job, placement):
+                restore = (
+                    self._ram.match(job.prompt_tokens, placement.common)
+                    if self._ram.enabled
+                    else None
+                )
+            if not self._fits(job, placement, restore):
                 return  # FIFO: later jobs wait behind this one (running ones end in time)
             self._requests = now
             self._waiting.remove(job)
-            self._start(job, placement)
+            self._start(job, placement, restore)
             reading.append(job.prompt_tokens)
 
     def _need(self, job: Job) -> int:
         return len(job.prompt_tokens) + job.max_new_tokens
 
-    def _fits(self, job: Job, placement: Placement) -> bool:
+    def _fits(self, job: Job, placement: Placement, restore: Match | None) -> bool:
         """Whether the cache holds the job; evicts idle caches, least valuable first.
 
         Neither the chosen sequence nor the one its prefix is shared from is evicted."""
@@ -190,18 +193,28 @@ class Engine:
             # The source stays resident: what the new sequence does not share is held too.
             held += max(len(source.tokens) - placement.share_len, 0)
         need = self._need(job)
+        if restore is not None:  # the whole state goes in before its tail is trimmed
+            need = max(need, len(restore.state.tokens))
         while reserved + held + need > self.n_ctx and idle:
             victim = idle.pop(0)
             held -= len(victim.tokens)
+            self._ram.save(self._m, victim, self._requests)
             self._m.seq_rm(victim.seq_id, 0)
             victim.tokens = []
             victim.exact = 0
         return reserved + held + need <= self.n_ctx
 
-    def _start(self, job: Job, placement: Placement) -> None:
+    def _start(self, job: Job, placement: Placement, restore: Match | None) -> None:
         slot = placement.slot
         prompt = job.prompt_tokens
-        if placement.share_from is not None:
+        if len(slot.tokens) - placement.common >= MIN_USEFUL_PREFIX:
+            # Another conversation's cache, about to be overwritten.
+            self._ram.save(self._m, slot, self._requests)
+        if self._ram.enabled and restore is None:
+            self._ram.misses += 1
+        if restore is not None:
+            common = self._ram.restore(self._m, slot, restore, self._requests)
+        elif placement.share_from is not None:
             n = min(placement.share_len, len(prompt) - 1)
             self._m.seq_rm(slot.seq_id, 0)
             self._m.seq_cp(placement.share_from.seq_id, slot.seq_id, n)
@@ -224,6 +237,8 @@ class Engine:
         slot.last_used = self._requests
         slot.conversation_key = job.conversation_key
         self._c["reused"] += reuse
+        if restore is not None:
+            self._c["restored"] += reuse
         job.emit(Admitted(reuse))
         try:
             sampler = SamplerChain(self._lib, self._m.vocab, job.sampling, job.seed, job.grammar)
@@ -307,6 +322,7 @@ class Engine:
         evicted = False
         for slot in self._slots:
             if not slot.busy and slot.tokens:
+                self._ram.save(self._m, slot, self._requests)
                 self._m.seq_rm(slot.seq_id, 0)
                 slot.tokens = []
                 slot.exact = 0
@@ -375,6 +391,12 @@ class Engine:
             prompt_tokens_evaluated=c["evaluated"],
             prompt_tokens_reused=c["reused"],
             prompt_tokens_shared=c["shared"],
+            prompt_tokens_restored=c["restored"],
+            ram_cache_bytes=self._ram.nbytes,
+            ram_cache_states=len(self._ram),
+            ram_cache_hits=self._ram.hits,
+            ram_cache_misses=self._ram.misses,
+            ram_cache_evictions=self._ram.evictions,
             kv_cells_used=sum(len(s.tokens) for s in self._slots),
             kv_cells_total=self.n_ctx,
             sequences_busy=sum(s.busy for s in self._slots),

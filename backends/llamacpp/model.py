@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import importlib
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ from typing import Any
 
 from ..errors import BackendError
 from ..stops import StopMatcher
+from .fit import ContextFit, fit_context, free_memory, kv_bytes_per_token
 from .options import LlamaCppOptions
+
+logger = logging.getLogger("glm_gateway.llamacpp")
 
 _FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 _CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
@@ -57,7 +61,6 @@ class LoadedModel:
             raise BackendError(f"llama.cpp could not load {options.model_path}")
         cpus = os.cpu_count() or 1
         cparams = lib.llama_context_default_params()
-        cparams.n_ctx = options.n_ctx
         cparams.n_batch = options.n_batch
         cparams.n_ubatch = min(options.n_ubatch, options.n_batch)
         cparams.n_seq_max = options.parallel
@@ -72,12 +75,16 @@ class LoadedModel:
         # llama.cpp wants V like K (MLA caches hold K only); quantized V needs flash attention.
         cparams.type_v = _CACHE_TYPES[options.cache_type_k]
         cparams.no_perf = True
+        self.fit: ContextFit | None = None
+        if options.n_ctx is None:
+            self.fit = self._fit(options, cparams)
+        cparams.n_ctx = options.n_ctx if self.fit is None else self.fit.n_ctx
         self.ctx: Any = lib.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             lib.llama_model_free(self.model)
             raise BackendError(
                 f"llama.cpp could not create a context for {options.model_path} "
-                f"(n_ctx {options.n_ctx}, cache type {options.cache_type_k}, "
+                f"(n_ctx {cparams.n_ctx}, cache type {options.cache_type_k}, "
                 f"flash attention {options.flash_attn})"
             )
         self.vocab: Any = lib.llama_model_get_vocab(self.model)
@@ -87,6 +94,43 @@ class LoadedModel:
         self.n_ctx_train = int(lib.llama_model_n_ctx_train(self.model))
         self.cache_prompt = options.cache_prompt
         self._pieces: dict[int, bytes] = {}
+
+    def _fit(self, options: LlamaCppOptions, cparams: Any) -> ContextFit:
+        lib = self.lib
+        try:
+            per_token = kv_bytes_per_token(lib, self.model, cparams)
+        except RuntimeError as exc:
+            lib.llama_model_free(self.model)
+            raise BackendError(
+                f"could not size the context of {options.model_path} ({exc}): set n_ctx"
+            ) from exc
+        # Without flash attention the attention scores of a batch grow with the context too.
+        scratch = (
+            0
+            if options.flash_attn != "off"
+            else 4 * cparams.n_ubatch * int(lib.llama_model_n_head(self.model))
+        )
+        free, where = free_memory(
+            int(lib.llama_model_size(self.model)),
+            offloaded=options.n_gpu_layers != 0,
+            use_mmap=options.use_mmap,
+            host_reserved=(options.cache_ram_mib << 20) if options.cache_prompt else 0,
+        )
+        n_ctx = fit_context(
+            per_token + scratch,
+            free,
+            margin=options.fit_target_mib << 20,
+            n_ctx_train=int(lib.llama_model_n_ctx_train(self.model)),
+        )
+        logger.info(
+            "context %d tokens: %d KV bytes per token, %d MiB free in %s memory, %d MiB margin",
+            n_ctx,
+            per_token,
+            free >> 20,
+            where,
+            options.fit_target_mib,
+        )
+        return ContextFit(n_ctx, per_token, free, where)
 
     def close(self) -> None:
         if self.ctx:
@@ -154,6 +198,19 @@ class LoadedModel:
 
     def clear(self) -> None:
         self.lib.llama_memory_clear(self.memory, True)
+
+    def state_size(self, seq: int) -> int:
+        return int(self.lib.llama_state_seq_get_size(self.ctx, seq))
+
+    def state_save(self, seq: int, size: int) -> tuple[Any, int] | None:
+        """A host copy of ``seq``'s KV entries (a ctypes buffer and its length), or None."""
+        buf = (ctypes.c_uint8 * size)()
+        n = int(self.lib.llama_state_seq_get_data(self.ctx, buf, size, seq))
+        return (buf, n) if 0 < n <= size else None
+
+    def state_load(self, seq: int, data: Any, nbytes: int) -> bool:
+        """Puts a saved state into ``seq`` (emptied first); False where llama.cpp refused it."""
+        return int(self.lib.llama_state_seq_set_data(self.ctx, data, nbytes, seq)) > 0
 
 
 class TextOutput:

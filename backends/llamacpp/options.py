@@ -15,8 +15,10 @@ class LlamaCppOptions:
 
     model_path: str
     # Context size in tokens, shared by all sequences (one unified KV cache, so one
-    # conversation may use all of it); 0 takes the model's trained context.
-    n_ctx: int = 8192
+    # conversation may use all of it); 0 takes the model's trained context; None fits it to
+    # the memory left after the weights (``fit``), keeping ``fit_target_mib`` free.
+    n_ctx: int | None = None
+    fit_target_mib: int = 1024
     # Sequences decoded together (llama-server's --parallel): the backend's capacity.
     parallel: int = 4
     # Layers offloaded to the GPU; -1 = all. No effect on a CPU-only build.
@@ -36,6 +38,9 @@ class LlamaCppOptions:
     use_mlock: bool = False
     # Reuse the KV cache of a sequence's common prefix with the new prompt.
     cache_prompt: bool = True
+    # Host RAM (MiB) for the KV states of evicted sequences, restored for their next turn;
+    # 0 turns it off (llama-server's --cache-ram).
+    cache_ram_mib: int = 8192
     # Seed for requests that set none; None = a fresh random seed per request.
     seed: int | None = None
     # llama.cpp's own logging to stderr.
@@ -51,6 +56,15 @@ class LlamaCppStats:
     prompt_tokens_reused: int = 0
     # Of the reused ones, those shared from another sequence (a common system prompt).
     prompt_tokens_shared: int = 0
+    # Of the reused ones, those restored from a state saved in host RAM.
+    prompt_tokens_restored: int = 0
+    ram_cache_bytes: int = 0
+    ram_cache_states: int = 0
+    # Admissions that restored a saved state / that did not (with the RAM cache on).
+    ram_cache_hits: int = 0
+    ram_cache_misses: int = 0
+    # States dropped to stay within the budget.
+    ram_cache_evictions: int = 0
     # KV cells the sequences hold (a cell shared by two sequences counts twice) / total.
     kv_cells_used: int = 0
     kv_cells_total: int = 0

@@ -15,7 +15,15 @@ class LlamaCppBackendSettings(BackendSettingsBase):
     model: str = Field(
         description="A .gguf path, owner/repo/file.gguf or owner/repo:QUANT (Hugging Face)"
     )
-    n_ctx: int = Field(8192, ge=0, description="Context size; 0 uses the model's trained context")
+    n_ctx: int | None = Field(
+        None,
+        ge=0,
+        description="Context size; 0 uses the model's trained context; unset fits it to the "
+        "memory left after the weights, capped by the trained context",
+    )
+    fit_target_mib: int = Field(
+        1024, ge=0, description="MiB left free when the context is fitted (n_ctx unset)"
+    )
     n_gpu_layers: int = Field(-1, description="Layers offloaded to the GPU; -1 offloads all")
     threads: int | None = Field(None, ge=1, description="Generation threads")
     # Prompt-processing threads; defaults to ``threads`` as llama-server's -tb does. Left to
@@ -29,4 +37,10 @@ class LlamaCppBackendSettings(BackendSettingsBase):
     flash_attn: FlashAttn = "auto"
     # V follows K (GLM's MLA cache holds K only); a quantized cache needs flash attention.
     cache_type_k: CacheType = "f16"
+    cache_ram_mib: int = Field(
+        8192,
+        ge=0,
+        description="Host RAM (MiB) for evicted sequences' KV states, restored for their next "
+        "turn; 0 turns it off",
+    )
     verbose: bool = False

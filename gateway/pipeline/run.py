@@ -158,7 +158,11 @@ class Run:
         self._slot = await self._before_deadline(model.gate.acquire())
         if self.options.record is not None:
             self.options.record.queue_wait_ms = round(self._slot.waited * 1000, 3)
-        self._events = model.backend.generate(self._first_request())
+        # Waiting inside the engine (llama.cpp: for room in the KV cache) counts against the
+        # same max_wait as waiting at the gate, and ends the same way: 503 queue_timeout.
+        left = max(model.gate.max_wait - self._slot.waited, 0.0)
+        request = replace(self._first_request(), max_queue_wait=left)
+        self._events = model.backend.generate(request)
         first = await self._next_event()
         if not isinstance(first, Started):
             raise BackendError("the backend did not start the generation")

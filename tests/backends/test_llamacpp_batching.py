@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from backends.base import BackendEvent, Chunk, GenerationRequest, SamplingParams
+from backends.base import BackendEvent, Chunk, GenerationRequest, SamplingParams, Started
+from backends.errors import BackendUnavailable
 from backends.llamacpp import LlamaCppBackend, LlamaCppOptions
 from backends.llamacpp.options import CacheType, FlashAttn
 from gateway.glm47.tokens import STOP_TOKENS
@@ -218,3 +219,33 @@ async def test_glm_arch_tiny_runs_batched(
         assert backend.stats.max_sequences_per_step >= 2
     finally:
         await backend.aclose()
+
+
+async def test_waiting_for_room_in_the_cache_ends_at_the_requests_limit(
+    smol: LlamaCppBackend,
+) -> None:
+    # No token limit and a grammar without an accepting state: the first request reserves
+    # the whole context and holds it until it is closed, whatever the machine's speed.
+    hog = smol.generate(
+        GenerationRequest(
+            smol_prompt("Say a."), SamplingParams(temperature=0.0), grammar='root ::= "a" root'
+        )
+    )
+    assert isinstance(await anext(hog), Started)
+    small = SamplingParams(temperature=0.0, max_tokens=4)
+    try:
+        waited = asyncio.get_running_loop().time()
+        with pytest.raises(BackendUnavailable) as refused:
+            request = GenerationRequest(smol_prompt("Hi"), small, max_queue_wait=0.3)
+            await asyncio.wait_for(collect(smol, request), 30)
+        assert refused.value.code == "queue_timeout"
+        assert asyncio.get_running_loop().time() - waited >= 0.3
+        assert smol.stats.sequences_busy == 1  # the running request was not touched
+        # Without a limit the request waits, and runs once the room is free.
+        patient = asyncio.ensure_future(collect(smol, GenerationRequest(smol_prompt("Hi"), small)))
+        await asyncio.sleep(0.5)
+        assert not patient.done()
+    finally:
+        await hog.aclose()
+    events = await asyncio.wait_for(patient, 60)
+    assert finish_of(events).completion_tokens == 4

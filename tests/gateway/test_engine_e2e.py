@@ -339,7 +339,10 @@ def test_tiny_follow_up_turn_reports_cached_tokens(tiny: str) -> None:
     assert details.cached_tokens < second.usage.prompt_tokens
     models = httpx.get(f"{tiny}/v1/models", timeout=10).json()["data"][0]
     assert models["engine"]["parallel"] == 4
+    assert models["engine"]["cache_ram_mib"] == 8192
     assert "model_path" not in models["engine"]
     metrics = httpx.get(f"{tiny}/metrics", timeout=10).text
     assert 'glm_gateway_engine_prompt_tokens_reused_total{model="glm-4.7-flash"}' in metrics
     assert 'glm_gateway_engine_sequences_total{model="glm-4.7-flash"} 4.0' in metrics
+    for name in ("ram_cache_hits_total", "ram_cache_misses_total", "ram_cache_bytes"):
+        assert f'glm_gateway_engine_{name}{{model="glm-4.7-flash"}}' in metrics

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from backends.errors import BackendUnavailable
 from backends.fake import FakeBackend
 from backends.scripted import ScriptedBackend, ScriptedBackendSettings, ScriptedResponse
 from gateway.admission import AdmissionGate
@@ -321,3 +322,28 @@ async def test_waiting_longer_than_max_wait_gives_503(
     assert first.json()["choices"][0]["message"]["content"] == "Hello there!"
     assert len(fake.requests) == 1
     assert (gate.running, gate.waiting) == (0, 0)
+    # Admitted at once, it could have waited the whole max_wait inside the engine.
+    assert fake.requests[0].max_queue_wait == 0.5
+
+
+async def test_an_engine_that_waited_out_max_wait_gives_the_same_503() -> None:
+    # What the llama.cpp engine raises when a request found no room in its KV cache within
+    # what was left of max_wait (tests/backends/test_llamacpp_batching.py runs the real one).
+    refused = BackendUnavailable("no room in the KV cache in time", code="queue_timeout")
+    fake = FakeBackend(fail_at_start=refused)
+    settings = _settings(_model(MODEL, AdmissionSettings(max_wait=2)), request_timeout=None)
+    app = create_app(settings, backends={MODEL: fake})
+    with serve(app) as url:
+        async with _client(2) as client:
+            plain, streamed = await asyncio.wait_for(
+                asyncio.gather(
+                    client.post(f"{url}/v1/chat/completions", json=_body(MODEL, stream=False)),
+                    read_stream(client, url, _body(MODEL, stream=True)),
+                ),
+                CLIENT_TIMEOUT,
+            )
+    assert plain.status_code == 503 and streamed.status == 503
+    assert_openai_error(plain.json(), code="queue_timeout", error_type="server_error")
+    assert_openai_error(streamed.raw_error, code="queue_timeout", error_type="server_error")
+    assert all(0 < (r.max_queue_wait or 0) <= 2 for r in fake.requests)
+    assert _gate(app, MODEL).running == 0

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.settings import load_settings
+from tests.conftest import GLM_TINY_GGUF
 
 GOOD = """
 host: 0.0.0.0
@@ -136,3 +137,14 @@ def test_console_script_exits_nonzero_on_bad_config(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "port" in result.stderr
+
+
+def test_engine_flags_reach_the_llamacpp_settings() -> None:
+    from gateway.cli import _parser, settings_from_args
+
+    args = _parser().parse_args(
+        ["serve", "--model", str(GLM_TINY_GGUF), "--cache-ram", "512", "--parallel", "2"]
+    )
+    backend = settings_from_args(args).models[0].backend
+    assert backend.model_dump()["cache_ram_mib"] == 512
+    assert backend.model_dump()["parallel"] == 2
