@@ -8,7 +8,6 @@ their own deltas; streaming and non-streaming consume the same events.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -19,7 +18,7 @@ from backends.base import BackendEvent, Chunk, Finished, GenerationRequest, Star
 from backends.errors import BackendError as EngineError
 
 from ..admission import Slot
-from ..errors import BackendError, BackendTimeoutError, ContextLengthExceededError, from_backend
+from ..errors import BackendError, from_backend
 from ..glm47.events import (
     MessageAccumulator,
     ParsedMessage,
@@ -30,8 +29,11 @@ from ..glm47.events import (
 )
 from ..observability import Metrics, RequestRecord
 from .checked_parser import CheckedParser
+from .deadline import Deadline
+from .legs import check_room, continuation, first_leg, remaining_tokens
 from .loop_guard import RepetitionDetector, canonical_arguments
 from .plan import Plan
+from .record import fill_record
 
 T = TypeVar("T")
 
@@ -122,21 +124,16 @@ class Run:
         self._stopped_early = False
         now = time.perf_counter()
         self.arrived = self.options.arrived if self.options.arrived is not None else now
-        self.deadline = (
-            None if self.options.timeout is None else self.arrived + self.options.timeout
-        )
-        # One timer for the whole run's deadline (a timeout context per awaited event costs a
-        # timer handle each: measurable on an instant upstream). It cancels the task that is
-        # waiting on the backend when it fires; see _before_deadline.
-        self._timer: asyncio.TimerHandle | None = None
-        self._waiting: asyncio.Task[object] | None = None
-        self._expired = False
+        timeout = self.options.timeout
+        self._deadline = Deadline(None if timeout is None else self.arrived + timeout, timeout)
         self._handed_off: float | None = None
-        self._first_text: float | None = None
+        # When the first text arrived (perf_counter), for the time to first token.
+        self.first_text_at: float | None = None
         self._last_text: float | None = None
         self._finished_at: float | None = None
         self._closed = False
-        self._output: list[str] | None = [] if self.options.log_prompts else None
+        # The raw output, kept only when prompts and outputs are logged.
+        self.logged_output: list[str] | None = [] if self.options.log_prompts else None
         record = self.options.record
         if record is not None:
             record.model = plan.model.id
@@ -168,49 +165,33 @@ class Run:
             raise BackendError("the backend did not start the generation")
         self.prompt_tokens = first.prompt_tokens
         self.cached_tokens = first.cached_tokens
-        self._check_room(first.prompt_tokens)
+        check_room(self.plan, first.prompt_tokens, self.plan.model.backend.info.context_length)
 
     def _first_request(self) -> GenerationRequest:
-        request = self.plan.generation_request()
-        budget = self.plan.thinking_budget
-        if budget is None:
-            return request
-        limit = request.sampling.max_tokens
-        if limit is not None and limit <= budget:
-            # The token limit comes first: no second leg can follow.
-            self._budget_leg = False
-            return request
-        return replace(request, sampling=replace(request.sampling, max_tokens=max(budget, 1)))
+        request, self._budget_leg = first_leg(self.plan)
+        return request
 
     def _continuation(self) -> GenerationRequest | None:
         """The request that goes on after the budget leg ended at its limit, or None."""
         if not self._budget_leg or self.backend_finish != "length" or self.loop_stop:
             return None
         self._budget_leg = False
-        limit = self.plan.sampling.max_tokens
-        remaining = None if limit is None else limit - self.completion_tokens
+        remaining = remaining_tokens(self.plan, self.completion_tokens)
         if remaining is not None and remaining <= 0:
             return None
-        suffix = ""
-        grammar = self.plan.grammar
+        generated = "".join(self._raw)
         if not self._left_reasoning:
             # The budget is spent in the reasoning: close it, the answer follows.
-            suffix = "</think>"
             self.budget_reached = True
             self._left_reasoning = True
-            self._pending = self._parser.feed(suffix)
+            self._pending = self._parser.feed("</think>")
             grammar = self.plan.answer_grammar
-        elif grammar is not None:
+            return continuation(self.plan, generated, remaining, suffix="</think>", grammar=grammar)
+        if self.plan.grammar is not None:
             # Mid-answer under a grammar that covers the whole output: a continuation could
             # not be held to it, so the answer ends here.
             return None
-        sampling = replace(self.plan.sampling, max_tokens=remaining)
-        return replace(
-            self.plan.generation_request(),
-            prompt=self.plan.prompt + "".join(self._raw) + suffix,
-            sampling=sampling,
-            grammar=grammar,
-        )
+        return continuation(self.plan, generated, remaining, grammar=None)
 
     async def _next_leg(self, request: GenerationRequest) -> None:
         await self._close_leg()
@@ -234,21 +215,6 @@ class Run:
             self.call_ids.append(self.options.call_id_prefix + secrets.token_hex(12))
         return self.call_ids[index]
 
-    def _check_room(self, prompt_tokens: int) -> None:
-        """A client that asked for more tokens than the context leaves gets a clear 400."""
-        asked = self.plan.asked_max_tokens
-        context = self.plan.model.backend.info.context_length
-        if asked is None or context is None or prompt_tokens <= 0:
-            return
-        if prompt_tokens + asked > context:
-            param = self.plan.input.max_tokens_param
-            raise ContextLengthExceededError(
-                f"This model's maximum context length is {context} tokens. The prompt has "
-                f"{prompt_tokens} tokens and {param} asks for {asked} more "
-                f"({prompt_tokens + asked} in all). Reduce the messages or {param}.",
-                param=param,
-            )
-
     async def aclose(self) -> None:
         """End the generation (idempotent): close the backend stream, give the slot back."""
         if self._closed:
@@ -257,8 +223,7 @@ class Run:
         try:
             await self._close_leg()
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
+            self._deadline.cancel()
             if self._slot is not None:
                 self._slot.release()
                 if self._handed_off is not None:
@@ -273,39 +238,7 @@ class Run:
             raise from_backend(exc) from exc
 
     async def _before_deadline(self, awaitable: Awaitable[T]) -> T:
-        if self.deadline is None:
-            return await awaitable
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_at(
-                _loop_time(self.deadline), self._expire
-            )
-        if self._expired:
-            # It fired while nobody waited (the consumer was busy between two events).
-            if asyncio.iscoroutine(awaitable):
-                awaitable.close()
-            raise self._timeout_error()
-        task = asyncio.current_task()
-        self._waiting = task
-        try:
-            return await awaitable
-        except asyncio.CancelledError:
-            # Ours only if the timer fired and nothing else also cancelled the task.
-            if self._expired and task is not None and task.uncancel() == 0:
-                raise self._timeout_error() from None
-            raise
-        finally:
-            self._waiting = None
-
-    def _expire(self) -> None:
-        self._expired = True
-        if self._waiting is not None:
-            self._waiting.cancel()
-
-    def _timeout_error(self) -> BackendTimeoutError:
-        return BackendTimeoutError(
-            f"The request took longer than the gateway's limit of {self.options.timeout:g} s.",
-            code="request_timeout",
-        )
+        return await self._deadline.run(awaitable)
 
     # -- events -------------------------------------------------------------------------------
 
@@ -354,9 +287,7 @@ class Run:
         failure = self._parser.failure
         if failure is None or self._parser.repaired is not None:
             return None
-        limit = self.plan.sampling.max_tokens
-        remaining = None if limit is None else limit - self.completion_tokens
-        request = self._parser.repair(remaining)
+        request = self._parser.repair(remaining_tokens(self.plan, self.completion_tokens))
         if request is not None:
             self._budget_leg = False
             self._left_reasoning = True
@@ -386,14 +317,14 @@ class Run:
                     break
                 case Chunk(text, count):
                     now = time.perf_counter()
-                    if self._first_text is None:
-                        self._first_text = now
+                    if self.first_text_at is None:
+                        self.first_text_at = now
                     elif inter_token is not None and self._last_text is not None:
                         inter_token.observe(now - self._last_text)
                     self._last_text = now
                     self._raw.append(text)
-                    if self._output is not None:
-                        self._output.append(text)
+                    if self.logged_output is not None:
+                        self.logged_output.append(text)
                     self.completion_tokens += count
                     parsed = self._parser.feed(text)
                     self._count_tokens(parsed, count)
@@ -515,27 +446,6 @@ class Run:
         return round((before + after) * 1000, 3)
 
     def _fill_record(self) -> None:
-        record = self.options.record
-        if record is None:
-            return
-        record.prompt_tokens = self.prompt_tokens
-        record.completion_tokens = self.completion_tokens
-        record.reasoning_tokens = self.reasoning_tokens
-        record.tool_calls = self.tool_calls_ended
-        if self.budget_reached:
-            record.budget_reached = True
-        record.loop_stop = self.loop_stop
-        self._note_repairs()
-        if self.backend_finish is not None:
-            record.finish_reason = self.finish_reason
-        else:
-            record.cancelled = True
-        if self._first_text is not None:
-            record.ttft_ms = round((self._first_text - self.arrived) * 1000, 3)
-        if self._output is not None:
-            record.output = "".join(self._output)
-
-
-def _loop_time(perf_deadline: float) -> float:
-    """A perf_counter() deadline on the event loop's clock."""
-    return asyncio.get_running_loop().time() + (perf_deadline - time.perf_counter())
+        if self.options.record is not None:
+            self._note_repairs()
+            fill_record(self.options.record, self)
