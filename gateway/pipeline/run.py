@@ -23,10 +23,12 @@ from ..glm47.events import (
     MessageAccumulator,
     ParsedMessage,
     ParseEvent,
+    ReasoningDelta,
     ToolCallArguments,
     ToolCallEnd,
     ToolCallStart,
 )
+from ..glm47.tokens import THINK_CLOSE
 from ..observability import Metrics, RequestRecord
 from .checked_parser import CheckedParser
 from .deadline import Deadline
@@ -327,7 +329,7 @@ class Run:
                         self.logged_output.append(text)
                     self.completion_tokens += count
                     parsed = self._parser.feed(text)
-                    self._count_tokens(parsed, count)
+                    self._count_tokens(parsed, count, text)
                     if self._parser.failure is not None:
                         # A repair goes on from the failure: this leg is done.
                         yield self._release(parsed)
@@ -418,16 +420,27 @@ class Run:
             await self.aclose()
         return accumulator.result()
 
-    def _count_tokens(self, parsed: list[ParseEvent], count: int) -> None:
-        # A chunk counts as reasoning until the first non-reasoning event: the </think> token
-        # itself emits nothing and is counted with the reasoning, as engines count it.
+    def _count_tokens(self, parsed: list[ParseEvent], count: int, text: str = "") -> None:
+        # Tokens count as reasoning until the reasoning ends; the </think> token itself emits
+        # nothing and is counted with the reasoning, as engines count it.
         for event in parsed:
             if isinstance(event, ToolCallEnd):
                 self.tool_calls_ended += 1
-        if self._parser.left_reasoning:
-            self._left_reasoning = True
-        if not self._left_reasoning:
+        if self._left_reasoning:
+            return
+        if not self._parser.left_reasoning:
             self.reasoning_tokens += count
+            return
+        self._left_reasoning = True
+        # This chunk holds the end of the reasoning and the start of what follows. How many
+        # tokens an engine puts in one chunk depends on how fast the consumer reads, so they
+        # are shared out by the text on each side of the boundary, not all given to one.
+        reasoning = sum(len(e.text) for e in parsed if isinstance(e, ReasoningDelta))
+        end = text.find(THINK_CLOSE)
+        if end != -1:
+            reasoning = max(reasoning, end + len(THINK_CLOSE))
+        if text and count:
+            self.reasoning_tokens += min(count, round(count * reasoning / len(text)))
 
     # -- results ------------------------------------------------------------------------------
 
