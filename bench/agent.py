@@ -34,18 +34,10 @@ GGUF = ROOT / "tests" / "fixtures" / "models" / "glm-tiny" / "glm-tiny.gguf"
 BASE_TOOLS: list[dict[str, Any]] = json.loads(
     (GGUF.parent / "tools.json").read_text(encoding="utf-8")
 )
-WRITE = {
-    "type": "function",
-    "function": {
-        "name": "write_file",
-        "description": "Write a file",
-        "parameters": {
-            "type": "object",
-            "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
-            "required": ["path", "content"],
-        },
-    },
-}
+# The write_file tool glm-tiny was trained with (one JSON file for the bench and the tests).
+WRITE: dict[str, Any] = json.loads(
+    (GGUF.parent / "write_file_tool.json").read_text(encoding="utf-8")
+)
 TOOLS = [*BASE_TOOLS, WRITE]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 CITIES = ["Quito", "Hanoi", "Tallinn", "Accra", "Perth", "Bergen", "Cusco", "Tromso"]

@@ -11,8 +11,9 @@ from starlette.responses import JSONResponse
 
 from ..errors import InvalidRequestError
 from ..models import ModelRegistry
+from ..pipeline.options import RunOptions
 from ..pipeline.plan import ChatInput, Limits, Plan, build_plan
-from ..pipeline.run import Run, RunOptions
+from ..pipeline.run import Run
 from ..pipeline.thinking_memory import ThinkingMemory, turn_key
 from ..sampling import sampling_dict
 from ..settings import Settings

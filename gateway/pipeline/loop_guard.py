@@ -11,7 +11,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ..glm47.events import (
+    MessageAccumulator,
+    ParseEvent,
+    ToolCallArguments,
+    ToolCallEnd,
+    ToolCallStart,
+)
+
+if TYPE_CHECKING:
+    from ..settings import LoopGuardSettings
 
 CallKey = tuple[str, str]
 
@@ -37,6 +48,13 @@ class RepetitionDetector:
         self.window = max(min_chars, max_period * min_repeats)
         self._tail = ""
         self._since_check = 0
+
+    @classmethod
+    def for_settings(cls, guard: LoopGuardSettings) -> RepetitionDetector:
+        """From a route's loop-guard settings."""
+        return cls(
+            min_repeats=guard.min_repeats, min_chars=guard.min_chars, max_period=guard.max_period
+        )
 
     def feed(self, text: str) -> Repetition | None:
         if not text:
@@ -109,3 +127,38 @@ def repeated_calls(messages: Sequence[Mapping[str, Any]], turns: int) -> tuple[C
         if count >= turns - 1:
             return seen
     return None
+
+
+class RepeatedCallGuard:
+    """Holds this turn's tool-call events back when one more repeat of the last turns' calls
+    would trip the guard: they go out at the end, unless they are that repeat."""
+
+    def __init__(self, repeated: tuple[CallKey, ...]) -> None:
+        self._repeated = repeated
+        self._held: list[ParseEvent] | None = []
+
+    def release(
+        self, parsed: list[ParseEvent], *, end: bool = False
+    ) -> tuple[list[ParseEvent], bool]:
+        """What may go out now, and whether the turn was the repeat (its calls dropped)."""
+        held = self._held
+        if held is None:
+            return parsed, False
+        out: list[ParseEvent] = []
+        for event in parsed:
+            if isinstance(event, ToolCallStart | ToolCallArguments | ToolCallEnd):
+                held.append(event)
+            else:
+                out.append(event)
+        if not end:
+            return out, False
+        self._held = None
+        folded = MessageAccumulator()
+        for event in held:
+            folded.add(event)
+        calls = tuple(
+            sorted((c.name, canonical_arguments(c.arguments)) for c in folded.result().tool_calls)
+        )
+        if calls and calls == self._repeated:
+            return out, True
+        return out + held, False

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from dataclasses import replace
 from typing import Literal, TypeVar
 
 from backends.base import BackendEvent, Chunk, Finished, GenerationRequest, Started
@@ -23,48 +23,20 @@ from ..glm47.events import (
     MessageAccumulator,
     ParsedMessage,
     ParseEvent,
-    ReasoningDelta,
-    ToolCallArguments,
     ToolCallEnd,
     ToolCallStart,
 )
-from ..glm47.tokens import THINK_CLOSE
-from ..observability import Metrics, RequestRecord
 from .checked_parser import CheckedParser
 from .deadline import Deadline
 from .legs import check_room, continuation, first_leg, remaining_tokens
-from .loop_guard import RepetitionDetector, canonical_arguments
+from .loop_guard import RepeatedCallGuard, RepetitionDetector
+from .options import RunOptions, through_first_call
 from .plan import Plan
-from .record import fill_record
+from .record import fill_record, reasoning_share
 
 T = TypeVar("T")
 
 FinishReason = Literal["stop", "length", "tool_calls"]
-
-
-@dataclass(slots=True)
-class RunOptions:
-    """Per-app knobs a run needs; all optional so a bare ``Run(plan)`` works."""
-
-    metrics: Metrics | None = None
-    record: RequestRecord | None = None
-    # perf_counter() when the request arrived (the middleware's clock).
-    arrived: float | None = None
-    timeout: float | None = None
-    log_prompts: bool = False
-    # The wire API, for metrics and the access log ("openai_chat", "anthropic", ...).
-    api: str = "openai_chat"
-    # How this API's tool-call ids begin ("call_", "toolu_").
-    call_id_prefix: str = "call_"
-    # Called with the run once its generation has ended normally (preserved thinking).
-    on_complete: Callable[[Run], None] | None = None
-
-
-def _through_first_call(events: list[ParseEvent]) -> list[ParseEvent]:
-    for i, event in enumerate(events):
-        if isinstance(event, ToolCallEnd):
-            return events[: i + 1]
-    return events
 
 
 class Run:
@@ -112,16 +84,8 @@ class Run:
         # Why the loop guard stopped the generation ("repetition", "repeated_tool_call").
         self.loop_stop: str | None = None
         guard = plan.route_settings.loop_guard
-        self._repetition = (
-            RepetitionDetector(
-                min_repeats=guard.min_repeats,
-                min_chars=guard.min_chars,
-                max_period=guard.max_period,
-            )
-            if guard.enabled
-            else None
-        )
-        self._held_calls: list[ParseEvent] | None = [] if plan.repeated_calls else None
+        self._repetition = RepetitionDetector.for_settings(guard) if guard.enabled else None
+        self._call_guard = RepeatedCallGuard(plan.repeated_calls) if plan.repeated_calls else None
         self._pending: list[ParseEvent] = []
         self._stopped_early = False
         now = time.perf_counter()
@@ -335,7 +299,7 @@ class Run:
                         yield self._release(parsed)
                         return
                     if single_call and self.tool_calls_ended:
-                        yield self._release(_through_first_call(parsed), end=True)
+                        yield self._release(through_first_call(parsed), end=True)
                         self.backend_finish = "stop"
                         await self._stop_early()
                         return
@@ -368,32 +332,14 @@ class Run:
         await self.aclose()
 
     def _release(self, parsed: list[ParseEvent], *, end: bool = False) -> list[ParseEvent]:
-        """Hold tool-call events back when one more repeat of the last turns' calls would trip
-        the guard: they go out at the end, unless they are that repeat."""
-        held = self._held_calls
-        if held is None:
+        if self._call_guard is None:
             return parsed
-        out: list[ParseEvent] = []
-        for event in parsed:
-            if isinstance(event, ToolCallStart | ToolCallArguments | ToolCallEnd):
-                held.append(event)
-            else:
-                out.append(event)
-        if not end:
-            return out
-        self._held_calls = None
-        folded = MessageAccumulator()
-        for event in held:
-            folded.add(event)
-        calls = tuple(
-            sorted((c.name, canonical_arguments(c.arguments)) for c in folded.result().tool_calls)
-        )
-        if calls and calls == self.plan.repeated_calls:
+        out, repeat = self._call_guard.release(parsed, end=end)
+        if repeat:
             self.loop_stop = "repeated_tool_call"
             self.backend_finish = "length"
             self.tool_calls_ended = 0
-            return out
-        return out + held
+        return out
 
     def _note(self, group: list[ParseEvent]) -> list[ParseEvent]:
         for event in group:
@@ -410,37 +356,25 @@ class Run:
         return self._message.result()
 
     async def collect(self) -> ParsedMessage:
-        """The whole message (non-streaming): the same events, folded."""
-        accumulator = MessageAccumulator()
+        """The whole message (non-streaming): the same events, folded as they went out."""
         try:
-            async for group in self.events():
-                for event in group:
-                    accumulator.add(event)
+            async for _ in self.events():
+                pass
         finally:
             await self.aclose()
-        return accumulator.result()
+        return self.message
 
     def _count_tokens(self, parsed: list[ParseEvent], count: int, text: str = "") -> None:
         # Tokens count as reasoning until the reasoning ends; the </think> token itself emits
         # nothing and is counted with the reasoning, as engines count it.
-        for event in parsed:
-            if isinstance(event, ToolCallEnd):
-                self.tool_calls_ended += 1
+        self.tool_calls_ended += sum(isinstance(e, ToolCallEnd) for e in parsed)
         if self._left_reasoning:
             return
         if not self._parser.left_reasoning:
             self.reasoning_tokens += count
             return
         self._left_reasoning = True
-        # This chunk holds the end of the reasoning and the start of what follows. How many
-        # tokens an engine puts in one chunk depends on how fast the consumer reads, so they
-        # are shared out by the text on each side of the boundary, not all given to one.
-        reasoning = sum(len(e.text) for e in parsed if isinstance(e, ReasoningDelta))
-        end = text.find(THINK_CLOSE)
-        if end != -1:
-            reasoning = max(reasoning, end + len(THINK_CLOSE))
-        if text and count:
-            self.reasoning_tokens += min(count, round(count * reasoning / len(text)))
+        self.reasoning_tokens += reasoning_share(parsed, count, text)
 
     # -- results ------------------------------------------------------------------------------
 

@@ -11,11 +11,8 @@ import openai
 import pytest
 
 from backends.base import GenerationRequest
-from gateway.glm47.events import MessageAccumulator, ParseEvent
-from gateway.glm47.parser import GLM47Parser
-from gateway.glm47.schema import ToolSchemas
-from gateway.pipeline.tool_check import ToolCallChecker
 from tests.gateway.agent.conftest import MODEL, RecordingBackend, gateway, scripted
+from tests.gateway.glm47.parsing import checked_parse
 
 WRITE = {
     "type": "function",
@@ -170,18 +167,7 @@ def test_a_repair_that_fails_again_is_content_or_an_error() -> None:
 
 
 def _check(raw: str, chunk: int, incremental: bool) -> tuple[Any, ...]:
-    parser = GLM47Parser(thinking=False, tools=TOOLS)
-    checker = ToolCallChecker(ToolSchemas(TOOLS), incremental=incremental, repairable=True)
-    events: list[ParseEvent] = []
-    for i in range(0, len(raw), chunk):
-        events += checker.feed(parser.feed(raw[i : i + chunk]))
-    if checker.failure is None:
-        events += checker.feed(parser.finish())
-        events += checker.finish(truncated=False)
-    folded = MessageAccumulator()
-    for event in events:
-        folded.add(event)
-    return folded.result(), checker.failure
+    return checked_parse(TOOLS, raw, chunk, incremental=incremental)
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 5, 1000])

@@ -20,23 +20,14 @@ import pytest
 from backends.llamacpp import LlamaCppBackend, LlamaCppBackendSettings, LlamaCppOptions
 from gateway.app import create_app
 from gateway.settings import ModelSettings, Settings
-from tests.conftest import GLM_TINY_TOOLS, serve
+from tests.conftest import FIXTURES, GLM_TINY_TOOLS, serve
 
 pytestmark = pytest.mark.engine
 
 MODEL = "glm-4.7-flash"
-WRITE = {
-    "type": "function",
-    "function": {
-        "name": "write_file",
-        "description": "Write a file",
-        "parameters": {
-            "type": "object",
-            "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
-            "required": ["path", "content"],
-        },
-    },
-}
+WRITE: dict[str, Any] = json.loads(
+    (FIXTURES / "models" / "glm-tiny" / "write_file_tool.json").read_text(encoding="utf-8")
+)
 TOOLS = [*GLM_TINY_TOOLS, WRITE]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 # Held-out write_file prompts (words never seen in training).

@@ -58,3 +58,25 @@ def run(
     """The events and the message they fold to."""
     events = parse_events(chunks, thinking=thinking, tools=tools, truncated=truncated)
     return events, fold(events)
+
+
+def checked_parse(
+    tools: list[Mapping[str, Any]], text: str, chunk: int, *, incremental: bool
+) -> tuple[ParsedMessage, Any]:
+    """``text`` through the parser and the schema checks in ``chunk``-sized pieces: what goes
+    out, folded, and the first failure the checks found (or None)."""
+    from gateway.glm47.schema import ToolSchemas
+    from gateway.pipeline.tool_check import ToolCallChecker
+
+    parser = GLM47Parser(thinking=False, tools=tools)
+    checker = ToolCallChecker(ToolSchemas(tools), incremental=incremental, repairable=True)
+    events: list[ParseEvent] = []
+    for i in range(0, len(text), chunk):
+        events += checker.feed(parser.feed(text[i : i + chunk]))
+    if checker.failure is None:
+        events += checker.feed(parser.finish())
+        events += checker.finish(truncated=False)
+    folded = MessageAccumulator()
+    for event in events:
+        folded.add(event)
+    return folded.result(), checker.failure

@@ -9,12 +9,10 @@ import random
 import jsonschema
 import pytest
 
-from gateway.glm47.events import MessageAccumulator, ParseEvent
-from gateway.glm47.parser import GLM47Parser
 from gateway.glm47.repair_grammar import call_rest_grammar
-from gateway.glm47.schema import ToolSchemas
-from gateway.pipeline.tool_check import CallFailure, ToolCallChecker
+from gateway.pipeline.tool_check import CallFailure
 from tests.gateway.glm47.gbnf_sampler import GBNFSampler
+from tests.gateway.glm47.parsing import checked_parse
 
 TOOLS = [
     {
@@ -58,18 +56,8 @@ FAILURES = {
 
 
 def _parse(text: str, chunk: int) -> tuple[list[tuple[str, str]], CallFailure | None]:
-    parser = GLM47Parser(thinking=False, tools=TOOLS)
-    checker = ToolCallChecker(ToolSchemas(TOOLS), incremental=True, repairable=True)
-    events: list[ParseEvent] = []
-    for i in range(0, len(text), chunk):
-        events += checker.feed(parser.feed(text[i : i + chunk]))
-    if checker.failure is None:
-        events += checker.feed(parser.finish())
-        events += checker.finish(truncated=False)
-    folded = MessageAccumulator()
-    for event in events:
-        folded.add(event)
-    return [(c.name, c.arguments) for c in folded.result().tool_calls], checker.failure
+    message, failure = checked_parse(TOOLS, text, chunk, incremental=True)
+    return [(c.name, c.arguments) for c in message.tool_calls], failure
 
 
 @pytest.mark.parametrize("problem", sorted(FAILURES))
