@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from . import servers as srv
-from .common import SMOLLM2, Server, Servers, free_port, table
+from .common import SMOLLM2, Server, Servers, free_port, load, save, table
 
 N_CTX = 8192
 THREADS = 2
@@ -91,23 +91,30 @@ async def stream(
     return {"t0": started, "stamps": stamps, "text": "".join(text), "usage": usage}
 
 
+COUNT = "({i}) Count from 1 to 1000, separated by commas."
+
+
 async def concurrency(base: str, n: int) -> float:
-    async with httpx.AsyncClient(timeout=600) as client:
-        msgs = [
-            [{"role": "user", "content": f"({i}) Write a long story about a lighthouse."}]
-            for i in range(n)
-        ]
+    """Aggregate decode tok/s of ``n`` streams that each run to the token limit (a counting
+    prompt: the same length on both servers, whatever chat template each applies)."""
+    async with _client() as client:
+        msgs = [[{"role": "user", "content": COUNT.format(i=i)}] for i in range(n)]
         results = await asyncio.gather(*(stream(client, base, m, MAX_TOKENS) for m in msgs))
+    counts = [int(r["usage"].get("completion_tokens", 0)) for r in results]
+    if any(c != MAX_TOKENS for c in counts):
+        raise RuntimeError(f"{base}: a stream ended before {MAX_TOKENS} tokens: {counts}")
     first = min(r["stamps"][0] for r in results)
     last = max(r["stamps"][-1] for r in results)
-    tokens = sum(r["usage"].get("completion_tokens", len(r["stamps"])) for r in results)
-    return tokens / (last - first)
+    # Each stream's first token comes with its prompt: not decode time.
+    return float((sum(counts) - n) / (last - first))
 
 
 async def agent_trace(base: str, turns: int) -> list[tuple[float, Any]]:
     out: list[tuple[float, Any]] = []
-    history = [{"role": "user", "content": f"Notes:\n{NOTES}\nWhat is wrong?"}]
-    async with httpx.AsyncClient(timeout=600) as client:
+    # A nonce first: an earlier round's conversation is not in the cache.
+    nonce = uuid.uuid4().hex
+    history = [{"role": "user", "content": f"[{nonce}] Notes:\n{NOTES}\nWhat is wrong?"}]
+    async with _client() as client:
         for turn in range(turns):
             main = await stream(client, base, history, 24)
             ttft = main["stamps"][0] - main["t0"]
@@ -149,7 +156,7 @@ async def shared_prefix(base: str) -> tuple[float, int, int]:
         [{"role": "user", "content": f"{prefix}\nQuestion {i}: which step matters most?"}]
         for i in range(4)
     ]
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with _client() as client:
         started = time.perf_counter()
         results = await asyncio.gather(*(stream(client, base, m, 8) for m in msgs))
         wall = time.perf_counter() - started
@@ -160,7 +167,7 @@ async def shared_prefix(base: str) -> tuple[float, int, int]:
 async def long_prompt_admitted(base: str) -> tuple[float, float, float, float]:
     """Inter-token gaps (s) of 3 streams while a ~4k-token prompt is read: p50, p99, max;
     and the long prompt's TTFT."""
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with _client() as client:
         # Counting runs to the token limit: the streams outlast the long prompt.
         msgs = [
             [{"role": "user", "content": f"({i}) Count from 1 to 1000, separated by commas."}]
@@ -195,7 +202,7 @@ def direct_llama_cpp() -> float:
         verbose=False,
     )
     try:
-        msgs: Any = [{"role": "user", "content": "Write a long story about a lighthouse."}]
+        msgs: Any = [{"role": "user", "content": COUNT.format(i=0)}]
         stamps: list[float] = []
         n = 0
         for event in llm.create_chat_completion(
@@ -205,79 +212,151 @@ def direct_llama_cpp() -> float:
             if delta.get("content"):
                 stamps.append(time.perf_counter())
                 n += 1
+        if n < MAX_TOKENS * 0.9:  # a multi-byte piece may arrive with the next token
+            raise RuntimeError(f"direct llama-cpp-python: {n} tokens, not {MAX_TOKENS}")
         return (n - 1) / (stamps[-1] - stamps[0])
     finally:
         llm.close()
 
 
+PARTS = ("decode", "trace", "prefix", "long")
+
+
+def _client() -> httpx.AsyncClient:
+    # A fresh connection per request: llama-server's HTTP library once closed a kept-alive
+    # connection as the next request went out, and a connect costs ~0.1 ms of seconds.
+    return httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_keepalive_connections=0))
+
+
+def _measure(part: str, base: str, turns: int) -> Any:
+    if part == "decode":
+        return {f"N={n}": asyncio.run(concurrency(base, n)) for n in (1, 2, 4, 8)}
+    if part == "trace":
+        return asyncio.run(agent_trace(base, turns))
+    if part == "prefix":
+        return asyncio.run(shared_prefix(base))
+    return asyncio.run(long_prompt_admitted(base))
+
+
+def run(rounds: int, turns: int, parts: list[str]) -> dict[str, Any]:
+    """Both servers up at once; every part measured on each in turn, the order rotated each
+    round, so a change in the machine's load falls on both sides alike."""
+    binary = _llama_server_binary()
+    samples: dict[str, dict[str, list[Any]]] = {"gateway": {}, "llama-server": {}}
+    loads: list[float] = []
+    with Servers() as servers:
+        up = {
+            "gateway": start_gateway(servers),
+            "llama-server": start_llama_server(servers, binary),
+        }
+        for server in up.values():
+            asyncio.run(concurrency(server.base, 1))  # warm-up
+        for r in range(rounds):
+            order = list(up) if r % 2 == 0 else list(reversed(up))
+            for part in parts:
+                for name in order:
+                    loads.append(os.getloadavg()[0])
+                    value = _measure(part, up[name].base, turns)
+                    samples[name].setdefault(part, []).append(value)
+                    print(f"round {r} {part} {name}: {value}", flush=True)
+    direct = [direct_llama_cpp() for _ in range(rounds)] if "decode" in parts else []
+    return {"samples": samples, "direct": direct, "loads": loads, "rounds": rounds}
+
+
+def _med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _spread(values: list[float], digits: int) -> str:
+    lo, hi = min(values), max(values)
+    return f"{_med(values):.{digits}f} [{lo:.{digits}f}-{hi:.{digits}f}]"
+
+
+def report(data: dict[str, Any]) -> str:
+    g, ls = data["samples"]["gateway"], data["samples"]["llama-server"]
+    rows: list[list[str]] = []
+
+    def row(label: str, a: list[float], b: list[float], digits: int = 1) -> None:
+        ratio = _med(a) / _med(b) if _med(b) else float("nan")
+        rows.append([label, _spread(a, digits), _spread(b, digits), f"{ratio:.2f}x"])
+
+    if "decode" in g:
+        for n in (1, 2, 4, 8):
+            k = f"N={n}"
+            row(
+                f"{n} streams, aggregate tok/s",
+                [x[k] for x in g["decode"]],
+                [x[k] for x in ls["decode"]],
+            )
+    if "trace" in g:
+        for turn in range(len(g["trace"][0])):
+            a = [x[turn][0] for x in g["trace"]]
+            b = [x[turn][0] for x in ls["trace"]]
+            label = (
+                f"agent turn {turn}: TTFT s (prompt tokens read: "
+                f"{g['trace'][0][turn][1]} / {ls['trace'][0][turn][1]})"
+            )
+            row(label, a, b, 2)
+    if "prefix" in g:
+        label = (
+            "4 requests, shared 2k prefix: wall s (tokens read of prompt tokens: "
+            f"{g['prefix'][0][2]}/{g['prefix'][0][1]} against "
+            f"{ls['prefix'][0][2]}/{ls['prefix'][0][1]})"
+        )
+        row(label, [x[0] for x in g["prefix"]], [x[0] for x in ls["prefix"]], 2)
+    if "long" in g:
+        for i, name in enumerate(("p50", "p99", "max")):
+            row(
+                f"3 streams' inter-token {name} s while a 4k prompt is read",
+                [x[i] for x in g["long"]],
+                [x[i] for x in ls["long"]],
+                3,
+            )
+        row("the 4k prompt's TTFT s", [x[3] for x in g["long"]], [x[3] for x in ls["long"]], 2)
+    if data["direct"]:
+        one = [x["N=1"] for x in g["decode"]]
+        direct = data["direct"]
+        ratio = _med(one) / _med(direct)
+        rows.append(
+            [
+                "1 stream tok/s: gateway (left) against direct llama-cpp-python `Llama` (right)",
+                _spread(one, 1),
+                _spread(direct, 1),
+                f"{ratio:.2f}x",
+            ]
+        )
+    loads = data["loads"]
+    head = [
+        f"median [min-max] over {data['rounds']} rounds",
+        "gateway",
+        "llama-server",
+        "ratio",
+    ]
+    return (
+        table(head, rows) + f"\n\nload average (1 min) at the start of each measurement: "
+        f"{min(loads):.2f}-{max(loads):.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help="comma-separated: " + ",".join(PARTS)
+    )
+    parser.add_argument("--report", action="store_true", help="only print the last results")
     args = parser.parse_args()
-    binary = _llama_server_binary()
-    results: dict[str, dict[str, Any]] = {}
-    with Servers() as servers:
-        for name, start in (
-            ("gateway", start_gateway),
-            ("llama-server", lambda s: start_llama_server(s, binary)),
-        ):
-            server = start(servers)
-            asyncio.run(concurrency(server.base, 1))  # warm-up
-            row: dict[str, Any] = {}
-            for n in (1, 2, 4, 8):
-                row[f"N={n}"] = asyncio.run(concurrency(server.base, n))
-            row["trace"] = asyncio.run(agent_trace(server.base, args.turns))
-            row["prefix"] = asyncio.run(shared_prefix(server.base))
-            row["long"] = asyncio.run(long_prompt_admitted(server.base))
-            results[name] = row
-            servers.stop(server)
-    direct = direct_llama_cpp()  # after the servers: alone on the cores
-    rows = []
-    for n in (1, 2, 4, 8):
-        g, ls = results["gateway"][f"N={n}"], results["llama-server"][f"N={n}"]
-        rows.append([f"{n} streams, aggregate tok/s", f"{g:.1f}", f"{ls:.1f}", f"{g / ls:.2f}x"])
-    for turn, (g, ls) in enumerate(
-        zip(results["gateway"]["trace"], results["llama-server"]["trace"], strict=True)
-    ):
-        rows.append(
-            [
-                f"agent turn {turn}: TTFT s (prompt tokens read)",
-                f"{g[0]:.2f} ({g[1]})",
-                f"{ls[0]:.2f} ({ls[1]})",
-                f"{g[0] / ls[0]:.2f}x",
-            ]
-        )
-    g, ls = results["gateway"]["prefix"], results["llama-server"]["prefix"]
-    rows.append(
-        [
-            "4 requests, shared 2k prefix: wall s (tokens read / prompt tokens)",
-            f"{g[0]:.2f} ({g[2]}/{g[1]})",
-            f"{ls[0]:.2f} ({ls[2]}/{ls[1]})",
-            f"{g[0] / ls[0]:.2f}x",
-        ]
-    )
-    g, ls = results["gateway"]["long"], results["llama-server"]["long"]
-    for i, name in enumerate(("p50", "p99", "max")):
-        rows.append(
-            [
-                f"3 streams' inter-token {name} s while a 4k prompt is read",
-                f"{g[i]:.3f}",
-                f"{ls[i]:.3f}",
-                f"{g[i] / ls[i]:.2f}x",
-            ]
-        )
-    rows.append(["the 4k prompt's TTFT s", f"{g[3]:.2f}", f"{ls[3]:.2f}", f"{g[3] / ls[3]:.2f}x"])
-    one = results["gateway"]["N=1"]
-    rows.append(
-        [
-            "1 stream tok/s: gateway vs direct llama-cpp-python",
-            f"{one:.1f}",
-            f"{direct:.1f}",
-            f"{one / direct:.2f}x",
-        ]
-    )
-    print(table(["", "gateway", "llama-server (last row: Llama)", "ratio"], rows))
-    print(f"load average {os.getloadavg()}")
+    if not args.report:
+        parts = [p for p in args.parts.split(",") if p]
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            parser.error(f"unknown parts: {sorted(unknown)}")
+        save("batching", run(args.rounds, args.turns, parts))
+    data = load("batching")
+    if data is None:
+        parser.error("no results yet: run without --report first")
+    print(report(data))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     engine.add_argument("--batch-size", dest="n_batch", type=int, help="logical batch (2048)")
     engine.add_argument("--ubatch-size", dest="n_ubatch", type=int, help="physical batch (512)")
+    engine.add_argument(
+        "--prefill-budget",
+        type=int,
+        help="prompt tokens a step reads while other sequences decode (default: ubatch size)",
+    )
     engine.add_argument("--flash-attn", choices=("auto", "on", "off"), help="default auto")
     engine.add_argument(
         "--cache-type-k",
@@ -82,6 +87,7 @@ _ENGINE_FLAGS = (
     "parallel",
     "n_batch",
     "n_ubatch",
+    "prefill_budget",
     "flash_attn",
     "cache_type_k",
     "cache_ram_mib",

@@ -32,6 +32,7 @@ def _build(settings: LlamaCppBackendSettings) -> LlamaCppBackend:
             parallel=settings.parallel,
             n_batch=settings.n_batch,
             n_ubatch=settings.n_ubatch,
+            prefill_budget=settings.prefill_budget,
             flash_attn=settings.flash_attn,
             cache_type_k=settings.cache_type_k,
             cache_ram_mib=settings.cache_ram_mib,

@@ -100,7 +100,11 @@ class LlamaCppBackend(Backend):
         model = self._model
         if model is None:
             return ModelInfo(context_length=o.n_ctx or None, extra=extra)
-        extra.update(n_ctx_train=model.n_ctx_train, n_batch=model.n_batch)
+        extra.update(
+            n_ctx_train=model.n_ctx_train,
+            n_batch=model.n_batch,
+            prefill_budget=model.prefill_budget,
+        )
         if model.fit is not None:
             extra["n_ctx_fit"] = model.fit.describe()
         return ModelInfo(context_length=model.n_ctx, extra=extra)

@@ -45,6 +45,7 @@ class Engine:
         self._lib = model.lib
         self.n_ctx = model.n_ctx
         self.n_batch = model.n_batch
+        self.prefill_budget = min(model.prefill_budget, self.n_batch)
         self.parallel = parallel
         self._slots = [Slot(i) for i in range(parallel)]
         self._batch: Any = self._lib.llama_batch_init(self.n_batch, 0, 1)
@@ -262,11 +263,14 @@ class Engine:
                 decoded.append((a, [a.next_token]))
                 n += 1
         nb = self.n_batch
+        # With streams running, prompts get a budget per step: the streams' next tokens wait
+        # for the whole step, so a long prompt read in one go would stall them for seconds.
+        limit = min(nb, n + self.prefill_budget) if n else nb
         for a in self._active:
-            if not a.pending or n >= nb:
+            if not a.pending or n >= limit:
                 continue
             base = len(a.slot.tokens)
-            room = nb - n
+            room = limit - n
             if a.job.deterministic:
                 # Chunks cut at multiples of n_batch, whatever was reused or runs beside.
                 room = min(room, nb - base % nb)

@@ -91,6 +91,8 @@ class LoadedModel:
         self.memory: Any = lib.llama_get_memory(self.ctx)
         self.n_ctx = int(lib.llama_n_ctx(self.ctx))
         self.n_batch = int(lib.llama_n_batch(self.ctx))
+        n_ubatch = int(lib.llama_n_ubatch(self.ctx))
+        self.prefill_budget = options.prefill_budget or n_ubatch
         self.n_ctx_train = int(lib.llama_model_n_ctx_train(self.model))
         self.cache_prompt = options.cache_prompt
         self._pieces: dict[int, bytes] = {}

@@ -31,6 +31,10 @@ class LlamaCppOptions:
     n_batch: int = 2048
     # Physical batch; capped at n_batch.
     n_ubatch: int = 512
+    # Prompt tokens one step reads while other sequences are decoding (None: n_ubatch). A
+    # step's tokens come out only when the whole step is done, so this bounds the pause a
+    # long prompt puts into running streams; alone, a prompt is read n_batch at a time.
+    prefill_budget: int | None = None
     flash_attn: FlashAttn = "auto"
     # KV cache type; quantized types need flash attention, and llama.cpp wants V like K.
     cache_type_k: CacheType = "f16"

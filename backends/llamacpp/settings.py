@@ -34,6 +34,12 @@ class LlamaCppBackendSettings(BackendSettingsBase):
     )
     n_batch: int = Field(2048, ge=1, description="Most tokens one engine step decodes")
     n_ubatch: int = Field(512, ge=1)
+    prefill_budget: int | None = Field(
+        None,
+        ge=1,
+        description="Prompt tokens one step reads while other sequences decode (unset: "
+        "n_ubatch); bounds the pause a long prompt puts into running streams",
+    )
     flash_attn: FlashAttn = "auto"
     # V follows K (GLM's MLA cache holds K only); a quantized cache needs flash attention.
     cache_type_k: CacheType = "f16"

@@ -249,3 +249,57 @@ async def test_waiting_for_room_in_the_cache_ends_at_the_requests_limit(
         await hog.aclose()
     events = await asyncio.wait_for(patient, 60)
     assert finish_of(events).completion_tokens == 4
+
+
+async def test_a_long_prompt_is_read_in_budgeted_chunks_beside_running_streams(
+    smollm_path: Path,
+) -> None:
+    # Steps of at most 64 prompt tokens while something decodes: a ~600-token prompt takes
+    # about ten steps, each of which also gives the running stream a token (one 512-token
+    # step, without the budget, would give it one or two).
+    backend = await load(smollm_path, parallel=2, n_batch=512, prefill_budget=64)
+    assert backend.info.extra["prefill_budget"] == 64
+    hog = backend.generate(
+        GenerationRequest(
+            smol_prompt("Say a."),
+            SamplingParams(temperature=0.0, max_tokens=2000),
+            grammar='root ::= "a" root',
+        )
+    )
+    got = 0
+    marks: dict[str, int] = {}
+
+    async def run_hog() -> None:
+        nonlocal got
+        async for event in hog:
+            if isinstance(event, Chunk):
+                got += event.tokens
+                if "first" in marks:
+                    return
+
+    async def run_long() -> int:
+        words = " ".join(f"word{i}" for i in range(300))
+        request = GenerationRequest(
+            smol_prompt(f"Repeat: {words}"), SamplingParams(temperature=0.0, max_tokens=1)
+        )
+        prompt = 0
+        async for event in backend.generate(request):
+            if isinstance(event, Started):
+                marks["admitted"] = got
+                prompt = event.prompt_tokens - event.cached_tokens
+            elif "first" not in marks:
+                marks["first"] = got
+        return prompt
+
+    try:
+        hogging = asyncio.ensure_future(run_hog())
+        while got < 3:
+            await asyncio.sleep(0.01)
+        prompt = await asyncio.wait_for(run_long(), 120)
+        await asyncio.wait_for(hogging, 60)
+        assert prompt > 500
+        beside = marks["first"] - marks["admitted"]
+        assert beside >= prompt // 64 - 2, (prompt, marks)
+    finally:
+        await hog.aclose()
+        await backend.aclose()
