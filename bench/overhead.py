@@ -9,8 +9,8 @@ The stub (``bench/stub_upstream.py``) is reached three ways in the same run:
 
 Variants of the gateway, to see what its defaults cost: **gateway, log warning** (``log_level:
 warning``: no access log line and no httpx request log line per request) and
-**gateway+uvloop** (uvloop and httptools importable; uvicorn picks them up by itself, ``pip
-install uvicorn[standard]`` gives them).
+**gateway, asyncio+h11** (``server_loop: asyncio``, ``server_http: h11``: the pure-Python
+pair uvicorn falls back to without uvloop and httptools, the gateway's default before).
 
 Each round measures every target, in a rotated order: sequential non-streaming latency,
 sequential 500-token streams (time to first token, inter-token latency), and closed-loop
@@ -189,16 +189,18 @@ def run(
         targets["gateway"] = srv.gateway(servers, "gateway-overhead", gw_model, **keys).port
         if variants:
             # What the defaults cost: the same gateway without per-request log lines
-            # (log_level warning: no access log, no httpx request log), and with uvloop.
+            # (log_level warning: no access log line).
             targets["gateway, log warning"] = srv.gateway(
                 servers, "gateway-overhead-logwarn", gw_model, log_level="warning", **keys
             ).port
-        if variants and srv.EXTRAS.is_dir():
-            targets["gateway+uvloop"] = srv.gateway(
+        if variants:
+            # What uvloop + httptools (the defaults) save: the pure-Python asyncio + h11.
+            targets["gateway, asyncio+h11"] = srv.gateway(
                 servers,
-                "gateway-overhead-uvloop",
+                "gateway-overhead-h11",
                 gw_model,
-                env={"PYTHONPATH": str(srv.EXTRAS)},
+                server_loop="asyncio",
+                server_http="h11",
                 **keys,
             ).port
         if srv.litellm_available():

@@ -40,7 +40,7 @@ def plot_overhead(res: dict[str, Any]) -> str:
     colors = {
         "gateway": "tab:blue",
         "gateway, log warning": "tab:purple",
-        "gateway+uvloop": "tab:cyan",
+        "gateway, asyncio+h11": "tab:cyan",
         "litellm": "tab:red",
         "direct": "tab:gray",
     }

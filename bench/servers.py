@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,6 @@ from .common import (
 CONFIGS = RESULTS / "configs"
 # Sent by the bench client on every request; both proxies are configured to require it.
 API_KEY = "sk-bench"
-# uvloop and httptools installed with `pip install --target` here, put on PYTHONPATH for the
-# "gateway + uvloop" variant only (the project venv stays as a user installs it).
-EXTRAS = Path(
-    os.environ.get("BENCH_EXTRAS", Path.home() / ".cache" / "glm-gateway" / "bench-extras")
-)
 
 
 def write_config(name: str, data: dict[str, Any]) -> Path:

@@ -7,8 +7,6 @@
 #                                              pip install 'llama-cpp-python[server]' (same
 #                                              version as the project's; pip reuses the wheel it
 #                                              built for .venv from its cache)
-#   ~/.cache/glm-gateway/bench-extras          uvloop + httptools (pip install --target), put on
-#                                              PYTHONPATH for the "gateway+uvloop" variant only
 #   ~/.cache/glm-gateway/vllm-venv             vLLM on CPU: scripts/setup-vllm.sh
 #   ~/.cache/glm-gateway/models/SmolLM2-...    scripts/fetch-test-models.sh
 #
@@ -33,10 +31,6 @@ if ! "$cache/llamacpp-server-venv/bin/python" -c 'import llama_cpp.server.app' 2
   echo "installing llama-cpp-python[server]==$llama_version into $cache/llamacpp-server-venv" >&2
   "$python" -m venv "$cache/llamacpp-server-venv"
   "$cache/llamacpp-server-venv/bin/pip" install -q "llama-cpp-python[server]==$llama_version"
-fi
-
-if ! [ -d "$cache/bench-extras/uvloop" ]; then
-  "$project_python" -m pip install -q --target "$cache/bench-extras" uvloop httptools
 fi
 
 bash scripts/fetch-test-models.sh

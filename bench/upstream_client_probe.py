@@ -10,6 +10,8 @@ the stub accepted per request):
   stream at ``data: [DONE]`` before the chunked body's end, as ``backends/vllm.py`` does;
 - ``httpx, read to the end``: the same, reading on to the body's end;
 - ``aiohttp``: ``ClientSession.post`` + line iteration to the end (when aiohttp is installed);
+- ``glm-gateway``: the remote backend's own client (``backends/remote/http.py``), reading
+  the body's chunks to the end;
 - ``raw asyncio``: the bench's own client (``bench/httpclient.py``), for the floor.
 
 Standard library + httpx (+ aiohttp): runs in the project's venv or LiteLLM's.
@@ -102,6 +104,26 @@ async def raw_mode(port: int, n: int) -> list[float]:
     return times
 
 
+async def gateway_mode(url: str, n: int) -> list[float]:
+    """The remote backend's own client, reading the stream's chunks to the end."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from backends.remote.http import HttpClient, Timeouts
+
+    client = HttpClient()
+    timeouts = Timeouts(connect=5.0, read=30.0)
+    times = []
+    try:
+        for _ in range(n):
+            start = time.perf_counter()
+            async with client.stream(url, BODY, {}, timeouts) as stream:
+                async for _chunk in stream.chunks():
+                    pass
+            times.append(time.perf_counter() - start)
+    finally:
+        await client.aclose()
+    return times
+
+
 def main(argv: list[str]) -> int:
     port, n = int(argv[0]), int(argv[1])
     base = f"http://127.0.0.1:{port}"
@@ -114,6 +136,13 @@ def main(argv: list[str]) -> int:
         import aiohttp  # noqa: F401
 
         modes.append(("aiohttp", lambda: aiohttp_mode(url, n)))
+    except ImportError:
+        pass
+    try:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        import backends.remote.http  # noqa: F401
+
+        modes.append(("glm-gateway (backends/remote/http.py)", lambda: gateway_mode(url, n)))
     except ImportError:
         pass
     modes.append(("raw asyncio (bench client)", lambda: raw_mode(port, n)))

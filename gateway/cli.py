@@ -173,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_keep_alive=cast(int, settings.http_keepalive_timeout),
         # The gateway writes its own access log line per request (gateway/middleware.py).
         access_log=False,
+        loop=settings.server_loop,
+        http=settings.server_http,
     )
     return 0
 

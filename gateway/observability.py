@@ -106,6 +106,8 @@ class _LiveState(Collector):
 
 class Metrics:
     def __init__(self, models: ModelRegistry) -> None:
+        # Labelled children by (metric, label values): a handful of models, routes, statuses.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -195,19 +197,31 @@ class Metrics:
         )
         r.register(_LiveState(models))
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # prometheus_client's labels() costs microseconds a call, several per request.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*labels)
+            if len(self._children) < 4096:  # label values are bounded; the cache is too
+                self._children[key] = child
+        return child
+
     def observe_request(self, record: RequestRecord) -> None:
         model = record.model or "-"
         api = record.api or "-"
-        self.requests.labels(model, record.route or "-", str(record.status), api).inc()
+        self._child(self.requests, model, record.route or "-", str(record.status), api).inc()
         # Generations (any wire API): the run filled in the model and the API.
         if record.model is None or record.api is None:
             return
         if record.duration_ms is not None and record.finish_reason is not None:
-            self.duration.labels(model, record.route or "-", api).observe(record.duration_ms / 1000)
+            self._child(self.duration, model, record.route or "-", api).observe(
+                record.duration_ms / 1000
+            )
         if record.ttft_ms is not None:
-            self.ttft.labels(model).observe(record.ttft_ms / 1000)
+            self._child(self.ttft, model).observe(record.ttft_ms / 1000)
         if record.queue_wait_ms is not None:
-            self.queue_wait.labels(model).observe(record.queue_wait_ms / 1000)
+            self._child(self.queue_wait, model).observe(record.queue_wait_ms / 1000)
         for counter, value in (
             (self.prompt_tokens, record.prompt_tokens),
             (self.completion_tokens, record.completion_tokens),
@@ -215,14 +229,14 @@ class Metrics:
             (self.tool_calls, record.tool_calls),
         ):
             if value:
-                counter.labels(model).inc(value)
+                self._child(counter, model).inc(value)
         if record.cancelled:
-            self.cancellations.labels(model).inc()
+            self._child(self.cancellations, model).inc()
         if record.budget_reached:
-            self.thinking_budget_reached.labels(model).inc()
+            self._child(self.thinking_budget_reached, model).inc()
         if record.loop_stop is not None:
-            self.loop_stops.labels(model, record.loop_stop).inc()
+            self._child(self.loop_stops, model, record.loop_stop).inc()
         for problem, outcome in record.repairs:
-            self.tool_call_repairs.labels(model, problem, outcome).inc()
+            self._child(self.tool_call_repairs, model, problem, outcome).inc()
         if record.status in (413, 429) or record.error in ("queue_full", "queue_timeout"):
-            self.rejections.labels(model, record.error or str(record.status)).inc()
+            self._child(self.rejections, model, record.error or str(record.status)).inc()

@@ -211,6 +211,11 @@ class Settings(BaseSettings):
     # (httpx and the OpenAI/Anthropic SDKs: 5 s), so a client never reuses a connection the
     # server is closing at that moment (uvicorn's 5 s default races with them).
     http_keepalive_timeout: float = Field(75.0, gt=0)
+    # uvicorn's event loop and HTTP parser. "auto" takes uvloop and httptools (dependencies
+    # of the gateway, about 0.1-0.2 ms less per request than asyncio and h11, see
+    # bench/overhead.py); the pure-Python pair stays selectable.
+    server_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    server_http: Literal["auto", "h11", "httptools"] = "auto"
 
     # One JSON line per request; prompts and outputs only when asked for.
     log_format: Literal["json", "text"] = "json"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +12,7 @@ from ..stops import StopMatcher
 from .failures import Retryable, event_error
 from .http import Stream
 from .replicas import ReplicaState
-from .wire import int_field, sse_data
+from .wire import MALFORMED, int_field, parse_events, sse_data
 
 
 @dataclass(slots=True)
@@ -43,46 +42,57 @@ async def read_stream(
     pending = 0
     completion = 0
     done = False
-    async for data in sse_data(response):
-        # Read on to the end of the body after [DONE] (it comes right after): a response
-        # closed early takes its connection with it, and a new one costs milliseconds.
-        if done or data == "[DONE]":
-            done = True
-            continue
-        try:
-            event = json.loads(data)
-        except ValueError as exc:
-            raise Retryable(BackendError(f"{state.name} sent a malformed event")) from exc
-        if not isinstance(event, dict):
-            continue
-        if "error" in event:
-            raise event_error(state, event["error"])
-        if isinstance(event.get("usage"), dict):
-            usage = event["usage"]
-        if isinstance(event.get("timings"), dict):
-            timings = event["timings"]
-        for choice in event.get("choices") or ():
-            if not isinstance(choice, dict):
+    async for batch in sse_data(response):
+        # The text of every event in the batch goes on as one chunk.
+        texts: list[str] = []
+        for event in parse_events(batch):
+            # Read on to the end of the body after [DONE] (it comes right after): a response
+            # closed early takes its connection with it, and a new one costs milliseconds.
+            if done or event == "[DONE]":
+                done = True
                 continue
-            ids = choice.get("token_ids")
-            count = len(ids) if isinstance(ids, list) else 1
-            pending += count
-            completion += count
-            text = choice.get("text")
-            if isinstance(text, str) and text and stops is not None:
-                text = stops.feed(text)
-            if isinstance(text, str) and text:
-                attempt.chunks += 1
-                yield Chunk(text, pending)
-                pending = 0
+            if event is MALFORMED:
+                if texts:  # what came before it reaches the client, as it would one by one
+                    attempt.chunks += 1
+                    yield Chunk("".join(texts), pending)
+                raise Retryable(BackendError(f"{state.name} sent a malformed event"))
+            if not isinstance(event, dict):
+                continue
+            if "error" in event:
+                if texts:
+                    attempt.chunks += 1
+                    yield Chunk("".join(texts), pending)
+                raise event_error(state, event["error"])
+            if isinstance(event.get("usage"), dict):
+                usage = event["usage"]
+            if isinstance(event.get("timings"), dict):
+                timings = event["timings"]
+            for choice in event.get("choices") or ():
+                if not isinstance(choice, dict):
+                    continue
+                ids = choice.get("token_ids")
+                count = len(ids) if isinstance(ids, list) else 1
+                pending += count
+                completion += count
+                text = choice.get("text")
+                if isinstance(text, str) and text and stops is not None:
+                    text = stops.feed(text)
+                if isinstance(text, str) and text:
+                    texts.append(text)
+                if stops is not None and stops.stopped:
+                    finish, stop_sequence = "stop", stops.matched
+                    break
+                if choice.get("finish_reason"):
+                    finish = str(choice["finish_reason"])
+                    # vLLM names the stop string that matched (or the stop token's id).
+                    matched = choice.get("stop_reason")
+                    stop_sequence = matched if isinstance(matched, str) else None
             if stops is not None and stops.stopped:
-                finish, stop_sequence = "stop", stops.matched
                 break
-            if choice.get("finish_reason"):
-                finish = str(choice["finish_reason"])
-                # vLLM names the stop string that matched (or the stop token's id).
-                matched = choice.get("stop_reason")
-                stop_sequence = matched if isinstance(matched, str) else None
+        if texts:
+            attempt.chunks += 1
+            yield Chunk("".join(texts), pending)
+            pending = 0
         if stops is not None and stops.stopped:
             break
     if stops is not None and not stops.stopped:
