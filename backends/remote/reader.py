@@ -43,8 +43,11 @@ async def read_stream(
     completion = 0
     done = False
     async for batch in sse_data(response):
-        # The text of every event in the batch goes on as one chunk.
+        # The text of every event in the batch goes on as one chunk, with the tokens up to
+        # its last text (those of text-less events after it wait for the next text, as
+        # they would one event at a time).
         texts: list[str] = []
+        counted = 0
         for event in parse_events(batch):
             # Read on to the end of the body after [DONE] (it comes right after): a response
             # closed early takes its connection with it, and a new one costs milliseconds.
@@ -54,14 +57,14 @@ async def read_stream(
             if event is MALFORMED:
                 if texts:  # what came before it reaches the client, as it would one by one
                     attempt.chunks += 1
-                    yield Chunk("".join(texts), pending)
+                    yield Chunk("".join(texts), counted)
                 raise Retryable(BackendError(f"{state.name} sent a malformed event"))
             if not isinstance(event, dict):
                 continue
             if "error" in event:
                 if texts:
                     attempt.chunks += 1
-                    yield Chunk("".join(texts), pending)
+                    yield Chunk("".join(texts), counted)
                 raise event_error(state, event["error"])
             if isinstance(event.get("usage"), dict):
                 usage = event["usage"]
@@ -79,6 +82,7 @@ async def read_stream(
                     text = stops.feed(text)
                 if isinstance(text, str) and text:
                     texts.append(text)
+                    counted = pending
                 if stops is not None and stops.stopped:
                     finish, stop_sequence = "stop", stops.matched
                     break
@@ -91,8 +95,8 @@ async def read_stream(
                 break
         if texts:
             attempt.chunks += 1
-            yield Chunk("".join(texts), pending)
-            pending = 0
+            yield Chunk("".join(texts), counted)
+            pending -= counted
         if stops is not None and stops.stopped:
             break
     if stops is not None and not stops.stopped:

@@ -405,6 +405,14 @@ async def test_events_that_arrive_together_are_one_chunk(fake: FakeVllm) -> None
         Finished("stop", 12, 5),
     ]
     await backend.aclose()
+    # A text-less event after the last text (the end) adds no tokens to that text's chunk.
+    tail = [event("a", ids=1), event("", finish="stop", ids=1), USAGE, "[DONE]"]
+    for name in fake.replicas:
+        fake[name].completion = lambda r: fake[r.url.host].stream([b"".join(sse(*tail))])
+    backend = fake.backend()
+    events = await started(backend)
+    assert events[1:-1] == [Chunk("a", 1)]
+    await backend.aclose()
 
 
 @pytest.mark.parametrize(("upstream", "ours"), [("length", "length"), ("stop", "stop")])
