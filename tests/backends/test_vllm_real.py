@@ -505,7 +505,6 @@ def test_context_length_comes_from_vllm(gateway: str) -> None:
 def test_client_disconnect_aborts_the_vllm_request(
     gateway: str, vllm_servers: list[VllmServer]
 ) -> None:
-    server = vllm_servers[0]
     body = {
         "model": MODEL,
         # glm-tiny loops on this one at temperature 0 until the token limit.
@@ -514,7 +513,10 @@ def test_client_disconnect_aborts_the_vllm_request(
         "max_tokens": 1900,
         "stream": True,
     }
-    generated_before = server.metric("vllm:generation_tokens_total")
+    # Either replica may take it (the first request of a conversation goes to the least
+    # loaded, which depends on what ran before): watch both.
+    before = {id(s): s.metric("vllm:generation_tokens_total") for s in vllm_servers}
+    running: list[VllmServer] = []
     seen = threading.Event()
     done = threading.Event()
 
@@ -522,8 +524,11 @@ def test_client_disconnect_aborts_the_vllm_request(
         # vLLM's gauges trail the engine a little, and a quiet machine generates fast: watch
         # from the start rather than between the stream's lines.
         while not done.is_set() and not seen.is_set():
-            if server.metric("vllm:num_requests_running") >= 1:
-                seen.set()
+            for candidate in vllm_servers:
+                if candidate.metric("vllm:num_requests_running") >= 1:
+                    running.append(candidate)
+                    seen.set()
+                    break
             time.sleep(0.02)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -540,6 +545,8 @@ def test_client_disconnect_aborts_the_vllm_request(
         done.set()
         watcher.join()
         assert seen.is_set(), "vLLM never showed the request running"
+    server = running[0]
+    generated_before = before[id(server)]
     # The client is gone: the gateway closes its upstream stream and vLLM aborts the request.
     deadline = time.monotonic() + 5
     while server.metric("vllm:num_requests_running") != 0:
