@@ -514,7 +514,11 @@ def test_client_disconnect_aborts_the_vllm_request(
         "stream": True,
     }
     # Either replica may take it (the first request of a conversation goes to the least
-    # loaded, which depends on what ran before): watch both.
+    # loaded, which depends on what ran before): watch both, once nothing else runs there.
+    quiet = time.monotonic() + 10
+    while any(s.metric("vllm:num_requests_running") for s in vllm_servers):
+        assert time.monotonic() < quiet, "an earlier test's request still runs"
+        time.sleep(0.1)
     before = {id(s): s.metric("vllm:generation_tokens_total") for s in vllm_servers}
     running: list[VllmServer] = []
     seen = threading.Event()
