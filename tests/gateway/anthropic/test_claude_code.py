@@ -88,7 +88,12 @@ class Recorder:
 
 
 def run_claude(
-    claude: Path, url: str, workdir: Path, *args: str, env: dict[str, str] | None = None
+    claude: Path,
+    url: str,
+    workdir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    allow_error: bool = False,
 ) -> dict[str, Any]:
     home = workdir.parent / "home"
     home.mkdir(exist_ok=True)
@@ -112,9 +117,21 @@ def run_claude(
         timeout=600,
         check=False,
     )
-    assert done.returncode == 0, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+    ok = done.returncode == 0 or (allow_error and done.stdout.startswith("{"))
+    assert ok, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def stop_reason(response: bytes) -> str | None:
+    """The ``stop_reason`` of one streamed answer's ``message_delta``."""
+    reason = None
+    for line in response.decode().split("\n"):
+        if line.startswith("data: "):
+            event = json.loads(line[6:])
+            if event["type"] == "message_delta":
+                reason = event["delta"].get("stop_reason")
+    return reason
 
 
 def streamed_text(response: bytes) -> str:
@@ -230,6 +247,10 @@ def test_glm_tiny_completes_a_turn(claude_bin: Path, glm_tiny_path: Path, tmp_pa
             "--model",
             "glm-tiny",
             env={"MAX_THINKING_TOKENS": "0"},
+            # Claude Code fails a turn that ends at the token limit; whether glm-tiny's greedy
+            # answer ends before 48 tokens depends on Claude Code's prompt, which holds the
+            # working directory and the date. Both outcomes are checked below.
+            allow_error=True,
         )
     exchanges = recorder.messages()
     assert exchanges and all(e.request["model"] == "glm-tiny" for e in exchanges)
@@ -237,6 +258,13 @@ def test_glm_tiny_completes_a_turn(claude_bin: Path, glm_tiny_path: Path, tmp_pa
     assert last.request["stream"] is True and "thinking" not in last.request
     events = [line for line in last.response.decode().split("\n") if line.startswith("event: ")]
     assert events[0] == "event: message_start" and events[-1] == "event: message_stop"
+    stop = stop_reason(last.response)
+    if result["is_error"]:
+        # The answer ran to the limit: the gateway said so, and Claude Code reported it.
+        assert stop == "max_tokens", (result, last.response[-2000:])
+        assert "exceeded" in result["result"] and "output token maximum" in result["result"]
+        return
     # What Claude Code printed is what the model wrote.
+    assert stop == "end_turn", (result, last.response[-2000:])
     text = streamed_text(last.response).strip()
     assert text and result["result"] == text, (result, last.response[-2000:])
