@@ -144,12 +144,7 @@ async def agent_trace(base: Target, turns: int) -> list[tuple[float, Any]]:
         for turn in range(turns):
             main = await stream(client, base, history, 24)
             ttft = main["stamps"][0] - main["t0"]
-            usage = main["usage"]
-            read = usage.get("prompt_n")
-            if read is None:
-                cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
-                read = usage.get("prompt_tokens", 0) - cached
-            out.append((ttft, read))
+            out.append((ttft, _usage_read(main["usage"])))
             side = [{"role": "user", "content": f"Write a 5-word title for note {turn}."}]
             await stream(client, base, side, 12)
             history += [
@@ -195,10 +190,7 @@ async def long_prompt_admitted(base: Target) -> tuple[float, float, float, float
     and the long prompt's TTFT."""
     async with _client() as client:
         # Counting runs to the token limit: the streams outlast the long prompt.
-        msgs = [
-            [{"role": "user", "content": f"({i}) Count from 1 to 1000, separated by commas."}]
-            for i in range(3)
-        ]
+        msgs = [[{"role": "user", "content": COUNT.format(i=i)}] for i in range(3)]
         runs = [asyncio.ensure_future(stream(client, base, m, 400)) for m in msgs]
         await asyncio.sleep(3.0)  # the three are decoding
         doc = [{"role": "user", "content": f"{_document(170)}\nSummarise the steps."}]

@@ -149,10 +149,6 @@ class Stream:
         parts = [part async for part in self.chunks()]
         return Reply(self.status, b"".join(parts), self.reason)
 
-    @property
-    def finished(self) -> bool:
-        return self._body.done
-
 
 class HttpClient:
     def __init__(self) -> None:
