@@ -30,6 +30,7 @@ from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestContextMid
 from .models import ModelRegistry
 from .observability import Metrics
 from .pipeline.thinking_memory import ThinkingMemory
+from .plain_routes import serve_plain
 from .routes import metrics as metrics_route
 from .routes import models
 from .settings import Settings
@@ -191,6 +192,7 @@ def create_app(settings: Settings, *, backends: Mapping[str, Backend] | None = N
         app.include_router(api.router)
     app.include_router(models.router)
     app.include_router(metrics_route.router)
+    serve_plain(app, [*(api.router for api in apis), models.router, metrics_route.router])
 
     def shape(path: str, exc: GatewayError) -> Response:
         return api_for_path(apis, path).error_response(exc)

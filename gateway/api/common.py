@@ -23,6 +23,17 @@ from ..settings import Settings
 CONVERSATION_HEADERS = ("x-conversation-id", "x-session-id", "x-claude-code-session-id")
 
 
+def sse_event_schema(*, named: bool) -> dict[str, Any]:
+    """One server-sent event of a ``text/event-stream`` response, as OpenAPI tools check it
+    (each event on its own): its data, and its name where the API names its events."""
+    required = ["event", "data"] if named else ["data"]
+    return {
+        "type": "object",
+        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        "required": required,
+    }
+
+
 async def read_json_object(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:

@@ -27,6 +27,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from fastapi import FastAPI
 
 from backends.llamacpp import LlamaCppBackendSettings
 from backends.remote import (
@@ -224,6 +225,23 @@ def gateway(vllm_servers: list[VllmServer]) -> Iterator[str]:
     """The gateway on the first vLLM server, built from settings as ``serve`` would build it."""
     settings = vllm_settings(vllm_servers[0].url, loop_guard=False)
     with serve(create_app(settings), ready_timeout=60) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_all_replicas(app: FastAPI) -> Iterator[str]:
+    """``serve``, then wait for every replica to be up: the gateway is ready once one is, while
+    the others' first check (their /health, then /v1/models) may still be on its way, and a
+    test that needs both would otherwise see a one-replica gateway."""
+    with serve(app, ready_timeout=60) as url:
+        deadline = time.monotonic() + 30
+        while True:
+            card = httpx.get(f"{url}/v1/models/{MODEL}", timeout=10).json()
+            health = [r["healthy"] for r in card["engine"]["replicas"]]
+            if all(health):
+                break
+            assert time.monotonic() < deadline, f"replicas up: {health}"
+            time.sleep(0.05)
         yield url
 
 
@@ -633,7 +651,7 @@ def test_affinity_keeps_conversations_and_raises_prefix_cache_hits(
     hits: dict[str, float] = {}
     served: dict[str, dict[str, list[int]]] = {}
     for routing in ("least-loaded", "affinity"):
-        with serve(create_app(vllm_settings(*urls, routing=routing)), ready_timeout=60) as url:
+        with serve_all_replicas(create_app(vllm_settings(*urls, routing=routing))) as url:
             # Distinct system prompts per run: one run's cache cannot help the other's.
             conversations = Conversations(url, vllm_servers, routing)
             before = cache_hits(vllm_servers)
@@ -663,8 +681,7 @@ def test_killing_the_preferred_replica_moves_its_conversations(
         health_interval=600,
     )
     app = create_app(vllm_settings(first.url, second.url), backends={MODEL: backend})
-    with serve(app, ready_timeout=60) as url:
-        assert all(r.healthy for r in backend.replicas)
+    with serve_all_replicas(app) as url:
         conversations = Conversations(url, vllm_servers, "kill")
         for name in "ABCD":
             conversations.turn(name)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from ..common import sse_event_schema
 from .request import CountTokensRequest, MessagesRequest
 
 
@@ -54,7 +55,7 @@ _ERRORS = {
 def responses(success: str, *, stream: bool) -> dict[int | str, dict[str, Any]]:
     content: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
     if stream:
-        content["text/event-stream"] = {"schema": {"type": "string"}}
+        content["text/event-stream"] = {"schema": sse_event_schema(named=True)}
     out: dict[int | str, dict[str, Any]] = {200: {"description": success, "content": content}}
     for status, description in _ERRORS.items():
         out[status] = {"description": description, "model": AnthropicError}

@@ -16,6 +16,7 @@ from ..common import (
     read_json_object,
     rendered,
     run_headers,
+    sse_event_schema,
 )
 from .encode import ChatStreamEncoder, completion
 from .errors import error_event
@@ -40,7 +41,7 @@ _CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "A chat completion, or with `stream: true` a stream of chunks",
         "content": {
             "application/json": {"schema": {"type": "object"}},
-            "text/event-stream": {"schema": {"type": "string"}},
+            "text/event-stream": {"schema": sse_event_schema(named=False)},
         },
     }
 }

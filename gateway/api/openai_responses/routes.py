@@ -18,6 +18,7 @@ from ..common import (
     read_json_object,
     rendered,
     run_headers,
+    sse_event_schema,
 )
 from .encode import OutputBuilder
 from .request import ResponsesRequest
@@ -61,14 +62,7 @@ _CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "A response, or with `stream: true` a stream of response events",
         "content": {
             "application/json": {"schema": {"type": "object"}},
-            # One server-sent event: its name and its JSON data.
-            "text/event-stream": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
-                    "required": ["event", "data"],
-                }
-            },
+            "text/event-stream": {"schema": sse_event_schema(named=True)},
         },
     }
 }
