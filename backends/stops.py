@@ -13,6 +13,10 @@ from collections.abc import Sequence
 class StopMatcher:
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops = tuple(s for s in stops if s)
+        # A held-back suffix starts with a stop string's first character within the last
+        # ``longest - 1`` characters: without one there (most tokens) nothing is held.
+        self._firsts = tuple({s[0] for s in self._stops})
+        self._reach = max((len(s) for s in self._stops), default=1) - 1
         self._held = ""
         self.stopped = False
         # The stop string that completed, once one did.
@@ -48,6 +52,9 @@ class StopMatcher:
 
     def _partial_suffix(self, buf: str) -> int:
         """Length of the longest suffix of ``buf`` that is a proper prefix of a stop string."""
+        window = buf[max(len(buf) - self._reach, 0) :] if self._reach else ""
+        if not any(c in window for c in self._firsts):
+            return 0
         best = 0
         for stop in self._stops:
             for n in range(min(len(stop) - 1, len(buf)), best, -1):

@@ -28,6 +28,10 @@ class Response:
     events: int = 0
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
+    # llama-server's per-request ``timings`` (prompt_n: prompt tokens it evaluated).
+    timings: dict[str, Any] | None = None
+    # Streams: the text of each event that carried any, in order.
+    texts: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -148,13 +152,17 @@ class Connection:
                         continue
                     if "error" in obj:
                         resp.error = str(obj["error"])
-                    if _text_of(obj):
+                    text = _text_of(obj)
+                    if text:
                         resp.token_times.append(now)
+                        resp.texts.append(text)
                     for choice in obj.get("choices") or []:
                         if choice.get("finish_reason"):
                             resp.finish_reason = choice["finish_reason"]
                     if obj.get("usage"):
                         resp.usage = obj["usage"]
+                    if obj.get("timings"):
+                        resp.timings = obj["timings"]
 
         if "content-length" in hdrs:
             feed(await reader.readexactly(int(hdrs["content-length"])))

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gateway.pipeline.loop_guard import RepetitionDetector, repeated_calls
 from tests.gateway.agent.conftest import MODEL, RecordingBackend, gateway, scripted
 
@@ -125,3 +128,34 @@ def test_repeated_calls_reads_the_trailing_turns() -> None:
     mixed = _loop_messages(2) + _loop_messages(1, "Rome")[1:]
     assert repeated_calls(mixed, 3) is None
     assert repeated_calls([*_loop_messages(3), {"role": "user", "content": "again"}], 4) is None
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    prefix=st.text(alphabet="ab c.", max_size=300),
+    segment=st.text(alphabet="ab c.", min_size=1, max_size=300),
+    repeats=st.integers(1, 12),
+    suffix=st.text(alphabet="ab c.", max_size=40),
+    min_repeats=st.integers(2, 10),
+    min_chars=st.integers(16, 500),
+    max_period=st.integers(1, 300),
+)
+def test_the_quick_probe_never_hides_a_repetition(
+    prefix: str,
+    segment: str,
+    repeats: int,
+    suffix: str,
+    min_repeats: int,
+    min_chars: int,
+    max_period: int,
+) -> None:
+    """The ``str.find`` probe that skips the full pass holds wherever the full pass finds a
+    repetition (a small alphabet makes near-repeats and accidental periods common)."""
+    detector = RepetitionDetector(
+        min_repeats=min_repeats, min_chars=min_chars, max_period=max_period, stride=1
+    )
+    text = prefix + segment * repeats + suffix
+    for ch in text:
+        detector._tail = (detector._tail + ch)[-detector.window :]
+        if len(detector._tail) >= min_chars and detector.check() is not None:
+            assert detector._may_repeat(), (detector._tail, detector.check())
