@@ -9,7 +9,8 @@ defaults (4 slots, unified KV cache, continuous batching) but for context and th
   between turns; main-turn TTFT and prompt tokens read per turn;
 - 4 parallel requests sharing a ~2k-token prefix: wall time and prompt tokens read;
 - inter-token gaps of 3 running streams while a ~4k-token prompt is admitted (p99, max);
-- one stream through the gateway against direct llama-cpp-python (``Llama``), same threads.
+- one stream through the gateway against direct llama-cpp-python (``Llama``, loaded once in
+  this process, same threads and flash attention), in back-to-back pairs.
 
     python -m bench.batching [--turns 4]
 """
