@@ -35,7 +35,7 @@ import httpx
 import uvloop
 
 from . import servers as srv
-from .common import SMOLLM2, Server, Servers, free_port, load, save, table
+from .common import SMOLLM2, Server, Servers, free_port, load, save, smollm2_llama, table
 from .httpclient import Connection
 
 N_CTX = 8192
@@ -216,15 +216,8 @@ class Direct:
     ``auto`` resolves to on for this model on CPU; ``Llama``'s default is off)."""
 
     def __init__(self) -> None:
-        from llama_cpp import Llama
-
-        self.llm = Llama(
-            model_path=str(SMOLLM2),
-            n_ctx=N_CTX,
-            n_threads=THREADS,
-            n_threads_batch=THREADS,
-            flash_attn=True,
-            verbose=False,
+        self.llm = smollm2_llama(
+            n_ctx=N_CTX, threads=THREADS, threads_batch=THREADS, flash_attn=True
         )
 
     def stream(self) -> float:
@@ -263,15 +256,16 @@ def _client() -> httpx.AsyncClient:
 
 def _measure(part: str, base: Target, turns: int) -> Any:
     # The bench client on uvloop, like the servers: on 2 cores its own CPU is taken from them.
-    run = uvloop.run
     if part == "decode":
-        one = statistics.median(run(concurrency(base, 1)) for _ in range(SINGLE_STREAMS))
-        return {"N=1": one} | {f"N={n}": run(concurrency(base, n)) for n in (2, 4, 8)}
+        rates = [uvloop.run(concurrency(base, 1)) for _ in range(SINGLE_STREAMS)]
+        return {"N=1": statistics.median(rates)} | {
+            f"N={n}": uvloop.run(concurrency(base, n)) for n in (2, 4, 8)
+        }
     if part == "trace":
-        return run(agent_trace(base, turns))
+        return uvloop.run(agent_trace(base, turns))
     if part == "prefix":
-        return run(shared_prefix(base))
-    return run(long_prompt_admitted(base))
+        return uvloop.run(shared_prefix(base))
+    return uvloop.run(long_prompt_admitted(base))
 
 
 def run(rounds: int, turns: int, parts: list[str]) -> dict[str, Any]:

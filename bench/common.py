@@ -49,6 +49,21 @@ def glm_tiny() -> Path:
     raise FileNotFoundError("glm-tiny not found (tests/fixtures/models/glm-tiny/hf)")
 
 
+def smollm2_llama(*, n_ctx: int, threads: int, threads_batch: int, **options: Any) -> Any:
+    """llama-cpp-python's ``Llama`` on the bench's SmolLM2 GGUF, quiet; imported only by the
+    benches that compare against it (``options``: seed, flash_attn, ...)."""
+    import llama_cpp
+
+    return llama_cpp.Llama(
+        model_path=str(SMOLLM2),
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads_batch,
+        verbose=False,
+        **options,
+    )
+
+
 # -- ports and processes ---------------------------------------------------------------------
 
 

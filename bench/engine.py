@@ -27,6 +27,7 @@ from .common import (
     machine,
     median,
     save,
+    smollm2_llama,
     table,
 )
 from .httpclient import Connection
@@ -90,15 +91,8 @@ class Direct:
     """llama-cpp-python called from Python, no HTTP: the ceiling."""
 
     def __init__(self) -> None:
-        import llama_cpp
-
-        self.llm = llama_cpp.Llama(
-            model_path=str(SMOLLM2),
-            n_ctx=N_CTX,
-            n_threads=THREADS,
-            n_threads_batch=THREADS_BATCH,
-            seed=SEED,
-            verbose=False,
+        self.llm = smollm2_llama(
+            n_ctx=N_CTX, threads=THREADS, threads_batch=THREADS_BATCH, seed=SEED
         )
 
     def stream(self, prompt: str, max_tokens: int) -> dict[str, Any]:
@@ -131,17 +125,9 @@ def threads_batch_probe(
     prompts: list[str], batch_threads: tuple[int, ...] = (1, 2)
 ) -> dict[str, Any]:
     """Prompt evaluation time (ms) by ``n_threads_batch``, same prompts, cache cleared."""
-    import llama_cpp
-
     out: dict[str, Any] = {}
     for tb in batch_threads:
-        llm = llama_cpp.Llama(
-            model_path=str(SMOLLM2),
-            n_ctx=N_CTX,
-            n_threads=THREADS,
-            n_threads_batch=tb,
-            verbose=False,
-        )
+        llm = smollm2_llama(n_ctx=N_CTX, threads=THREADS, threads_batch=tb)
         try:
             times = []
             for prompt in prompts:
