@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="MiB of host RAM for evicted sequences' KV states (default 8192; 0 = off)",
     )
+    engine.add_argument(
+        "--stream-interval",
+        dest="stream_interval_ms",
+        type=int,
+        help="ms of streamed text held back to go out with the next tokens (default 40; "
+        "0 = every token alone)",
+    )
     serve.add_argument(
         "--log-level", choices=["critical", "error", "warning", "info", "debug"], default=None
     )
@@ -91,6 +98,7 @@ _ENGINE_FLAGS = (
     "flash_attn",
     "cache_type_k",
     "cache_ram_mib",
+    "stream_interval_ms",
 )
 
 

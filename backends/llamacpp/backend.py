@@ -3,7 +3,7 @@
 The loaded model serves ``parallel`` generations at once, batched on one engine thread (see
 ``engine``); the gateway's admission gate, sized by ``max_concurrency``, is the one queue in
 front of it. Tokens travel from the engine thread to the event loop through an
-``asyncio.Queue`` fed with ``loop.call_soon_threadsafe``.
+``asyncio.Queue`` fed by an ``Outbox`` (``loop.call_soon_threadsafe``, a few tokens at a time).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .engine import Engine
 from .jobs import Admitted, Job
 from .model import LoadedModel
 from .options import LlamaCppOptions, LlamaCppStats
+from .outbox import Outbox
 from .sampler import check_grammar, sampling_values
 
 # llama.cpp reads this seed as "pick a random one", which would break reproducibility for the
@@ -96,6 +97,7 @@ class LlamaCppBackend(Backend):
             "cache_prompt": o.cache_prompt,
             "cache_ram_mib": o.cache_ram_mib if o.cache_prompt else 0,
             "n_ubatch": o.n_ubatch,
+            "stream_interval_ms": o.stream_interval_ms,
         }
         model = self._model
         if model is None:
@@ -211,11 +213,13 @@ class LlamaCppBackend(Backend):
         queue: asyncio.Queue[Any] = asyncio.Queue()
         released = asyncio.Event()
 
-        def emit(item: object) -> None:  # engine thread
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                job.cancel.set()
+        def deliver(items: list[Any]) -> None:  # event loop
+            for item in items:
+                queue.put_nowait(item)
+
+        outbox = Outbox(
+            loop, deliver, self._options.stream_interval_ms / 1000, lambda: job.cancel.set()
+        )
 
         def on_released() -> None:  # engine thread
             with contextlib.suppress(RuntimeError):
@@ -233,7 +237,8 @@ class LlamaCppBackend(Backend):
             max_new_tokens=limit,
             seed=self._seed(sampling.seed),
             sampling=sampling_values(sampling),
-            emit=emit,
+            emit=outbox.put,
+            flush=outbox.flush,
             released=on_released,
             grammar=request.grammar,
             conversation_key=request.conversation_key,

@@ -262,6 +262,7 @@ class Engine:
                 rows.append((a, n))
                 decoded.append((a, [a.next_token]))
                 n += 1
+        streams = n
         nb = self.n_batch
         # With streams running, prompts get a budget per step: the streams' next tokens wait
         # for the whole step, so a long prompt read in one go would stall them for seconds.
@@ -287,6 +288,10 @@ class Engine:
             for a in [a for a in self._active if not a.pending and a.next_token is None]:
                 self._finish(a, "length")
             return
+        if n > streams:
+            # A step that reads a prompt takes long: the streams' held-back text goes first.
+            for a in self._active:
+                a.job.flush()
         batch.n_tokens = n
         rc = int(self._lib.llama_decode(self._m.ctx, batch))
         if rc == 1 and self._evict_idle():

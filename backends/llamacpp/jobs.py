@@ -34,6 +34,8 @@ class Job:
     seed: int
     sampling: dict[str, float]
     emit: Callable[[Any], None]
+    # Hands over what ``emit`` holds back: called before a step that reads a prompt.
+    flush: Callable[[], None]
     # Called once, on the engine thread, when the job no longer uses the engine.
     released: Callable[[], None]
     grammar: str | None = None

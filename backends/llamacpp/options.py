@@ -45,6 +45,10 @@ class LlamaCppOptions:
     # Host RAM (MiB) for the KV states of evicted sequences, restored for their next turn;
     # 0 turns it off (llama-server's --cache-ram).
     cache_ram_mib: int = 8192
+    # Text younger than this is held back and streamed with the next tokens (the first
+    # chunk, and any step that reads a prompt, go at once): each hand-over costs the event
+    # loop and the client CPU that a CPU engine's threads need. 0 streams every token alone.
+    stream_interval_ms: int = 40
     # Seed for requests that set none; None = a fresh random seed per request.
     seed: int | None = None
     # llama.cpp's own logging to stderr.

@@ -49,4 +49,11 @@ class LlamaCppBackendSettings(BackendSettingsBase):
         description="Host RAM (MiB) for evicted sequences' KV states, restored for their next "
         "turn; 0 turns it off",
     )
+    stream_interval_ms: int = Field(
+        40,
+        ge=0,
+        le=1000,
+        description="Streamed text younger than this (ms) goes out with the next tokens, "
+        "fewer and larger events; the first token goes at once; 0 sends every token alone",
+    )
     verbose: bool = False

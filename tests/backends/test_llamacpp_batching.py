@@ -11,6 +11,7 @@ weights) is checked for running batched under flash attention and a q8_0 cache, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -180,7 +181,7 @@ async def test_cancelling_one_batched_stream_leaves_the_others_going(
     async def read(i: int, until: int) -> None:
         async for event in streams[i]:
             if isinstance(event, Chunk):
-                counts[i] += 1
+                counts[i] += event.tokens
                 if counts[i] >= until:
                     return
 
@@ -256,8 +257,10 @@ async def test_a_long_prompt_is_read_in_budgeted_chunks_beside_running_streams(
 ) -> None:
     # Steps of at most 64 prompt tokens while something decodes: a ~600-token prompt takes
     # about ten steps, each of which also gives the running stream a token (one 512-token
-    # step, without the budget, would give it one or two).
-    backend = await load(smollm_path, parallel=2, n_batch=512, prefill_budget=64)
+    # step, without the budget, would give it one or two). Every token is handed over alone.
+    backend = await load(
+        smollm_path, parallel=2, n_batch=512, prefill_budget=64, stream_interval_ms=0
+    )
     assert backend.info.extra["prefill_budget"] == 64
     hog = backend.generate(
         GenerationRequest(
@@ -301,5 +304,48 @@ async def test_a_long_prompt_is_read_in_budgeted_chunks_beside_running_streams(
         beside = marks["first"] - marks["admitted"]
         assert beside >= prompt // 64 - 2, (prompt, marks)
     finally:
+        await hog.aclose()
+        await backend.aclose()
+
+
+async def test_held_back_text_goes_out_before_a_step_that_reads_a_prompt(
+    smollm_path: Path,
+) -> None:
+    # Text is held back for a minute after the first token: the stream gets more only when
+    # another request's prompt step hands it over first (or when it ends).
+    backend = await load(smollm_path, parallel=2, stream_interval_ms=60_000)
+    assert backend.info.extra["stream_interval_ms"] == 60_000
+    hog = backend.generate(
+        GenerationRequest(
+            smol_prompt("Say a."),
+            SamplingParams(temperature=0.0, max_tokens=2000),
+            grammar='root ::= "a" root',
+        )
+    )
+    got = 0
+
+    async def run_hog() -> None:
+        nonlocal got
+        async for event in hog:
+            if isinstance(event, Chunk):
+                got += event.tokens
+
+    hogging = asyncio.ensure_future(run_hog())
+    try:
+        while got < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        assert got == 1  # its tokens since are held
+        short = GenerationRequest(smol_prompt("Hi"), SamplingParams(temperature=0.0, max_tokens=1))
+        await asyncio.wait_for(collect(backend, short), 60)
+        for _ in range(500):
+            if got > 1:
+                break
+            await asyncio.sleep(0.01)
+        assert got > 1
+    finally:
+        hogging.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hogging
         await hog.aclose()
         await backend.aclose()
