@@ -10,7 +10,8 @@ defaults (4 slots, unified KV cache, continuous batching) but for context and th
 - 4 parallel requests sharing a ~2k-token prefix: wall time and prompt tokens read;
 - inter-token gaps of 3 running streams while a ~4k-token prompt is admitted (p99, max);
 - one stream through the gateway against direct llama-cpp-python (``Llama``, loaded once in
-  this process, same threads and flash attention), in back-to-back pairs.
+  this process, same threads and flash attention) and against llama-server, in back-to-back
+  triples (the N=1 decode row's rounds are minutes apart, and this machine drifts).
 
     python -m bench.batching [--turns 4]
 """
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,7 +277,7 @@ def run(rounds: int, turns: int, parts: list[str]) -> dict[str, Any]:
     samples: dict[str, dict[str, list[Any]]] = {"gateway": {}, "llama-server": {}}
     loads: list[float] = []
     direct = Direct() if "decode" in parts else None
-    pairs: list[tuple[float, float]] = []
+    pairs: list[tuple[float, float, float]] = []
     try:
         with Servers() as servers:
             up = {
@@ -299,32 +301,36 @@ def run(rounds: int, turns: int, parts: list[str]) -> dict[str, Any]:
                         samples[name].setdefault(part, []).append(value)
                         print(f"round {r} {part} {name}: {value}", flush=True)
                     if part == "decode" and direct is not None:
-                        pairs += _paired(targets["gateway"], direct, r)
+                        pairs += _paired(targets["gateway"], targets["llama-server"], direct, r)
     finally:
         if direct is not None:
             direct.close()
     return {"samples": samples, "pairs": pairs, "loads": loads, "rounds": rounds}
 
 
-# This machine's speed drifts by 20% within minutes: the gateway's single stream is compared
-# with direct llama-cpp-python stream by stream, alternating, and judged by the pairs.
+# This machine's speed drifts by 20% within minutes: one stream on the gateway is compared
+# with direct llama-cpp-python and with llama-server stream by stream, back to back, and
+# judged by the ratios within each triple.
 PAIRS = 6
 
 
-def _paired(gateway: Target, direct: Direct, r: int) -> list[tuple[float, float]]:
-    """(gateway tok/s, direct tok/s) of back-to-back streams, which one first in turn; the
-    servers are idle meanwhile."""
+def _paired(
+    gateway: Target, llama_server: Target, direct: Direct, r: int
+) -> list[tuple[float, float, float]]:
+    """(gateway, direct, llama-server) tok/s of back-to-back streams, the order reversed
+    every other time; the servers are idle but for the one measured."""
     out = []
     for k in range(PAIRS):
-        if k % 2 == 0:
-            g = uvloop.run(concurrency(gateway, 1))
-            d = direct.stream()
-        else:
-            d = direct.stream()
-            g = uvloop.run(concurrency(gateway, 1))
-        out.append((g, d))
-    ratios = [g / d for g, d in out]
-    print(f"round {r} single stream gateway/direct: {[round(x, 3) for x in ratios]}", flush=True)
+        measure: dict[str, Callable[[], float]] = {
+            "gateway": lambda: uvloop.run(concurrency(gateway, 1)),
+            "direct": direct.stream,
+            "llama-server": lambda: uvloop.run(concurrency(llama_server, 1)),
+        }
+        names = list(measure) if k % 2 == 0 else list(reversed(measure))
+        got = {name: measure[name]() for name in names}
+        out.append((got["gateway"], got["direct"], got["llama-server"]))
+    against = [(round(g / d, 3), round(g / ls, 3)) for g, d, ls in out]
+    print(f"round {r} one stream, gateway/direct, gateway/llama-server: {against}", flush=True)
     return out
 
 
@@ -378,18 +384,21 @@ def report(data: dict[str, Any]) -> str:
                 3,
             )
         row("the 4k prompt's TTFT s", [x[3] for x in g["long"]], [x[3] for x in ls["long"]], 2)
-    pairs = data.get("pairs") or []
-    if pairs:
-        gw_rates, direct_rates = [g for g, _ in pairs], [d for _, d in pairs]
-        ratios = sorted(g / d for g, d in pairs)
+    # (gateway, direct, llama-server) tok/s of back-to-back streams.
+    triples = [t for t in data.get("pairs") or [] if len(t) == 3]
+    others = (
+        "direct llama-cpp-python `Llama` (flash attention on, like the gateway)",
+        "llama-server",
+    )
+    for i, label in enumerate(others, start=1) if triples else ():
+        ratios = sorted(t[0] / t[i] for t in triples)
         rows.append(
             [
-                f"1 stream tok/s, {len(pairs)} back-to-back pairs: gateway (left) against direct "
-                "llama-cpp-python `Llama`, flash attention on like the gateway (right); ratio: "
-                f"median of the pairs' ratios [quartiles {ratios[len(ratios) // 4]:.2f}-"
-                f"{ratios[(3 * len(ratios)) // 4]:.2f}]",
-                _spread(gw_rates, 1),
-                _spread(direct_rates, 1),
+                f"1 stream tok/s, {len(triples)} back-to-back triples: gateway against {label}"
+                f" (right); ratio: median of the pairs' ratios [quartiles "
+                f"{ratios[len(ratios) // 4]:.2f}-{ratios[(3 * len(ratios)) // 4]:.2f}]",
+                _spread([t[0] for t in triples], 1),
+                _spread([t[i] for t in triples], 1),
                 f"{_med(ratios):.2f}x",
             ]
         )

@@ -125,7 +125,7 @@ class Metrics:
         )
         self.inter_token = Histogram(
             "glm_gateway_inter_token_latency_seconds",
-            "Gap between consecutive chunks of generated text",
+            "Gap between consecutive generated tokens (a chunk's gap shared by its tokens)",
             ["model"],
             buckets=_TOKEN_GAP_BUCKETS,
             registry=r,

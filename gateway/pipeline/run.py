@@ -286,7 +286,11 @@ class Run:
                     if self.first_text_at is None:
                         self.first_text_at = now
                     elif inter_token is not None and self._last_text is not None:
-                        inter_token.observe(now - self._last_text)
+                        # A chunk may stand for several tokens (engines stream in groups):
+                        # each of them took its share of the gap.
+                        gap = (now - self._last_text) / max(count, 1)
+                        for _ in range(max(count, 1)):
+                            inter_token.observe(gap)
                     self._last_text = now
                     self._raw.append(text)
                     if self.logged_output is not None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from backends.base import BackendEvent, Chunk, Finished, GenerationRequest, Started
 from backends.fake import FakeBackend
 from backends.scripted import ScriptedBackendSettings
 from gateway.app import create_app
@@ -228,6 +231,30 @@ def test_prompt_logging_when_enabled(caplog: pytest.LogCaptureFixture) -> None:
     )
     assert line["prompt"].endswith("<|user|>Hi<|assistant|><think>")
     assert line["output"] == "Thinking.</think>Hello there!"
+
+
+class GroupedChunks(FakeBackend):
+    """Streams in groups, as the llamacpp engine does: one chunk standing for 3 tokens."""
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[BackendEvent]:
+        yield Started(self.prompt_tokens)
+        yield Chunk("Hello")
+        await asyncio.sleep(0.03)
+        yield Chunk(" there, you", tokens=3)
+        yield Finished("stop", self.prompt_tokens, 4)
+
+
+def test_inter_token_latency_counts_every_token_of_a_grouped_chunk() -> None:
+    config = Settings(models=[ModelSettings(id=MODEL, backend=ScriptedBackendSettings(path="x"))])
+    client = TestClient(create_app(config, backends={MODEL: GroupedChunks()}))
+    with client:
+        client.post("/v1/chat/completions", json=chat())
+        text = client.get("/metrics").text
+    name = "glm_gateway_inter_token_latency_seconds"
+    assert f'{name}_count{{model="{MODEL}"}} 3.0' in text
+    total = next(line for line in text.splitlines() if line.startswith(f"{name}_sum"))
+    # The gap is shared by the chunk's tokens: together they took it once.
+    assert 0.03 <= float(total.split()[-1]) < 1.0
 
 
 def test_metrics_count_what_happened() -> None:
