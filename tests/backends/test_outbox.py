@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from backends.base import Chunk, Finished
-from backends.llamacpp.outbox import Outbox
+from backends.llamacpp.outbox import EAGER, Outbox
 
 
 class Clock:
@@ -49,18 +49,18 @@ def tokens_every(box: Outbox, clock: Clock, dt: float, texts: str) -> None:
         clock.now += dt
 
 
-def test_first_chunk_goes_at_once_and_the_rest_in_groups_within_the_interval() -> None:
+def test_the_first_chunks_go_one_by_one_and_the_rest_in_groups() -> None:
     box, loop, clock, _ = make(0.040)
-    tokens_every(box, clock, 0.010, "abcdefghij")
+    text = "abcdefghijklmnop"
+    tokens_every(box, clock, 0.010, text)
     texts = [[c.text for c in w] for w in loop.wakes]
-    assert texts[0] == ["a"]
-    # Every hand-over is one merged chunk, none holds text longer than the interval.
+    assert texts[:EAGER] == [[t] for t in text[:EAGER]]
+    # Every hand-over is one merged chunk; several tokens in each after the first ones.
     assert all(len(w) == 1 for w in loop.wakes)
-    assert 1 < len(loop.wakes) < 10
-    assert "".join(t for w in texts for t in w) + "".join(c.text for c in box._held) == (
-        "abcdefghij"
-    )
-    assert sum(c.tokens for w in loop.wakes for c in w) + len(box._held) == 10
+    assert len(loop.wakes) - EAGER <= (len(text) - EAGER) / 3
+    held = "".join(c.text for c in box._held)
+    assert "".join(t for w in texts for t in w) + held == text
+    assert sum(c.tokens for w in loop.wakes for c in w) + len(box._held) == len(text)
 
 
 def test_held_text_never_waits_past_the_interval_at_a_steady_rate() -> None:
@@ -75,23 +75,24 @@ def test_held_text_never_waits_past_the_interval_at_a_steady_rate() -> None:
 
 def test_anything_but_text_goes_at_once_and_takes_the_held_text_first() -> None:
     box, loop, clock, _ = make(0.040)
-    tokens_every(box, clock, 0.001, "abc")
+    tokens_every(box, clock, 0.001, "x" * EAGER + "abc")
+    assert len(loop.wakes) == EAGER
     end = Finished("stop", 3, 3)
     box.put(end)
+    assert [c.text for c in loop.wakes[-1][:-1]] == ["abc"]
     assert loop.wakes[-1][-1] is end
-    assert "".join(c.text for w in loop.wakes for c in w if isinstance(c, Chunk)) == "abc"
     assert box._held == []
 
 
 def test_flush_hands_over_what_is_held() -> None:
     box, loop, clock, _ = make(1.0)
-    tokens_every(box, clock, 0.001, "abc")
-    assert len(loop.wakes) == 1
+    tokens_every(box, clock, 0.001, "x" * EAGER + "bc")
+    assert len(loop.wakes) == EAGER
     box.flush()
-    assert [c.text for c in loop.wakes[1]] == ["bc"]
-    assert loop.wakes[1][0].tokens == 2
+    assert [c.text for c in loop.wakes[EAGER]] == ["bc"]
+    assert loop.wakes[EAGER][0].tokens == 2
     box.flush()  # nothing held: no wake-up
-    assert len(loop.wakes) == 2
+    assert len(loop.wakes) == EAGER + 1
 
 
 def test_interval_zero_hands_over_every_token() -> None:
