@@ -36,6 +36,7 @@ def _build(settings: LlamaCppBackendSettings) -> LlamaCppBackend:
             flash_attn=settings.flash_attn,
             cache_type_k=settings.cache_type_k,
             cache_ram_mib=settings.cache_ram_mib,
+            cache_idle=settings.cache_idle,
             stream_interval_ms=settings.stream_interval_ms,
             verbose=settings.verbose,
         )

@@ -71,7 +71,8 @@ class LlamaCppBackend(Backend):
                 f"llama.cpp could not load {self._options.model_path}: {exc}"
             ) from exc
         self._model = model
-        self._engine = Engine(model, self._parallel, self._options.cache_ram_mib << 20)
+        o = self._options
+        self._engine = Engine(model, self._parallel, o.cache_ram_mib << 20, o.cache_idle)
 
     async def aclose(self) -> None:
         self._closing = True
@@ -96,6 +97,7 @@ class LlamaCppBackend(Backend):
             "cache_type_k": o.cache_type_k,
             "cache_prompt": o.cache_prompt,
             "cache_ram_mib": o.cache_ram_mib if o.cache_prompt else 0,
+            "cache_idle": o.cache_idle and o.cache_prompt and o.cache_ram_mib > 0,
             "n_ubatch": o.n_ubatch,
             "stream_interval_ms": o.stream_interval_ms,
         }

@@ -45,6 +45,10 @@ class LlamaCppOptions:
     # Host RAM (MiB) for the KV states of evicted sequences, restored for their next turn;
     # 0 turns it off (llama-server's --cache-ram).
     cache_ram_mib: int = 8192
+    # When a request starts, idle sequences' caches move to that RAM cache (llama-server's
+    # --cache-idle-slots): a step attends over every used cell up to the highest, so idle
+    # conversations left in the KV cache slow the running ones. Needs cache_ram_mib.
+    cache_idle: bool = True
     # Text younger than this is held back and streamed with the next tokens (the first
     # chunk, and any step that reads a prompt, go at once): each hand-over costs the event
     # loop and the client CPU that a CPU engine's threads need. 0 streams every token alone.

@@ -49,6 +49,11 @@ class LlamaCppBackendSettings(BackendSettingsBase):
         description="Host RAM (MiB) for evicted sequences' KV states, restored for their next "
         "turn; 0 turns it off",
     )
+    cache_idle: bool = Field(
+        True,
+        description="When a request starts, move idle sequences' caches to the RAM cache "
+        "(restored with their next turn): idle cells in the KV cache slow every decoding step",
+    )
     stream_interval_ms: int = Field(
         40,
         ge=0,

@@ -17,6 +17,7 @@ import pytest
 
 from backends.base import GenerationRequest, SamplingParams
 from backends.llamacpp import LlamaCppOptions
+from backends.llamacpp.engine import IDLE_KEPT_BELOW
 from backends.llamacpp.model import LoadedModel
 from gateway.glm47.tokens import STOP_TOKENS
 from tests.backends.events import finish_of, started_of, text_of
@@ -109,6 +110,48 @@ async def test_without_ram_cache_nothing_is_saved(glm_tiny_path: Path) -> None:
         assert backend.stats.ram_cache_states == 0
         assert backend.stats.ram_cache_hits == backend.stats.ram_cache_misses == 0
         assert backend.info.extra["cache_ram_mib"] == 0
+    finally:
+        await backend.aclose()
+
+
+LONG_SYSTEM = "[gMASK]<sop><|system|>" + " ".join(f"Rule {i}: answer briefly." for i in range(60))
+
+
+def long_capital(country: str) -> GenerationRequest:
+    prompt = f"{LONG_SYSTEM}<|user|>What is the capital of {country}?<|assistant|><think>"
+    return GenerationRequest(prompt, GREEDY, stop_tokens=STOP_TOKENS)
+
+
+@pytest.mark.parametrize("cache_idle", [True, False])
+async def test_idle_conversations_wait_in_ram_while_others_run(
+    glm_tiny_path: Path, cache_idle: bool
+) -> None:
+    # Four sequences, room for all: with cache_idle, starting a request moves the idle ones
+    # of IDLE_KEPT_BELOW tokens or more to RAM (a step attends over every used cell), short
+    # ones stay; without, all stay.
+    backend = await load(glm_tiny_path, parallel=4, cache_idle=cache_idle)
+    try:
+        assert backend.info.extra["cache_idle"] is cache_idle
+        first = await collect(backend, long_capital("France"))
+        n1 = started_of(first).prompt_tokens + finish_of(first).completion_tokens
+        assert n1 >= IDLE_KEPT_BELOW
+        await collect(backend, capital("Japan"))  # short: it stays whatever the setting
+        held = backend.stats.kv_cells_used
+        await collect(backend, capital("Peru"))
+        stats = backend.stats
+        if cache_idle:
+            assert stats.ram_cache_states == 1
+            # Japan's and Peru's sequences are left; France's cells went to RAM.
+            assert stats.kv_cells_used < n1
+        else:
+            assert stats.ram_cache_states == 0
+            assert stats.kv_cells_used > held
+        # France's next turn: everything of turn one is reused, from RAM or in place.
+        prompt = f"{long_capital('France').prompt}{text_of(first)}<|user|>And Italy?"
+        restored = stats.prompt_tokens_restored
+        events = await collect(backend, GenerationRequest(prompt + "<|assistant|><think>", GREEDY))
+        assert started_of(events).cached_tokens >= n1 - 1
+        assert (backend.stats.prompt_tokens_restored > restored) is cache_idle
     finally:
         await backend.aclose()
 
