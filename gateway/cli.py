@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         help="MiB of host RAM for evicted sequences' KV states (default 8192; 0 = off)",
     )
     engine.add_argument(
+        "--cache-idle",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="move idle conversations' caches to host RAM when a request starts (default on)",
+    )
+    engine.add_argument(
         "--stream-interval",
         dest="stream_interval_ms",
         type=int,
@@ -98,6 +104,7 @@ _ENGINE_FLAGS = (
     "flash_attn",
     "cache_type_k",
     "cache_ram_mib",
+    "cache_idle",
     "stream_interval_ms",
 )
 
