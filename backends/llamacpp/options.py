@@ -49,9 +49,10 @@ class LlamaCppOptions:
     # --cache-idle-slots): a step attends over every used cell up to the highest, so idle
     # conversations left in the KV cache slow the running ones. Needs cache_ram_mib.
     cache_idle: bool = True
-    # Text younger than this is held back and streamed with the next tokens (the first
-    # chunk, and any step that reads a prompt, go at once): each hand-over costs the event
-    # loop and the client CPU that a CPU engine's threads need. 0 streams every token alone.
+    # Text younger than this is held back and streamed with the next tokens (a stream's
+    # first few chunks go at once, and a step that reads a prompt hands over what is held):
+    # each hand-over costs the event loop and the client CPU that a CPU engine's threads
+    # need. 0 streams every token alone.
     stream_interval_ms: int = 40
     # Seed for requests that set none; None = a fresh random seed per request.
     seed: int | None = None

@@ -59,6 +59,6 @@ class LlamaCppBackendSettings(BackendSettingsBase):
         ge=0,
         le=1000,
         description="Streamed text younger than this (ms) goes out with the next tokens, "
-        "fewer and larger events; the first token goes at once; 0 sends every token alone",
+        "fewer and larger events; a stream's first tokens go at once; 0 sends every token alone",
     )
     verbose: bool = False
