@@ -319,13 +319,13 @@ def _paired(
 ) -> list[tuple[float, float, float]]:
     """(gateway, direct, llama-server) tok/s of back-to-back streams, the order reversed
     every other time; the servers are idle but for the one measured."""
+    measure: dict[str, Callable[[], float]] = {
+        "gateway": lambda: uvloop.run(concurrency(gateway, 1)),
+        "direct": direct.stream,
+        "llama-server": lambda: uvloop.run(concurrency(llama_server, 1)),
+    }
     out = []
     for k in range(PAIRS):
-        measure: dict[str, Callable[[], float]] = {
-            "gateway": lambda: uvloop.run(concurrency(gateway, 1)),
-            "direct": direct.stream,
-            "llama-server": lambda: uvloop.run(concurrency(llama_server, 1)),
-        }
         names = list(measure) if k % 2 == 0 else list(reversed(measure))
         got = {name: measure[name]() for name in names}
         out.append((got["gateway"], got["direct"], got["llama-server"]))

@@ -89,6 +89,7 @@ class LlamaCppBackend(Backend):
     @property
     def info(self) -> ModelInfo:
         o = self._options
+        cache_ram = o.cache_ram_mib if o.cache_prompt else 0
         extra: dict[str, object] = {
             "backend": "llamacpp",
             "model_path": o.model_path,
@@ -96,8 +97,8 @@ class LlamaCppBackend(Backend):
             "flash_attn": o.flash_attn,
             "cache_type_k": o.cache_type_k,
             "cache_prompt": o.cache_prompt,
-            "cache_ram_mib": o.cache_ram_mib if o.cache_prompt else 0,
-            "cache_idle": o.cache_idle and o.cache_prompt and o.cache_ram_mib > 0,
+            "cache_ram_mib": cache_ram,
+            "cache_idle": o.cache_idle and cache_ram > 0,
             "n_ubatch": o.n_ubatch,
             "stream_interval_ms": o.stream_interval_ms,
         }

@@ -71,7 +71,7 @@ class Outbox:
     def _merged(self) -> list[Any]:
         held, self._held = self._held, []
         if len(held) <= 1:
-            return list(held)
+            return held
         return [Chunk("".join(c.text for c in held), sum(c.tokens for c in held))]
 
     def _send(self, items: list[Any]) -> None:

@@ -288,8 +288,9 @@ class Run:
                     elif inter_token is not None and self._last_text is not None:
                         # A chunk may stand for several tokens (engines stream in groups):
                         # each of them took its share of the gap.
-                        gap = (now - self._last_text) / max(count, 1)
-                        for _ in range(max(count, 1)):
+                        tokens = max(count, 1)
+                        gap = (now - self._last_text) / tokens
+                        for _ in range(tokens):
                             inter_token.observe(gap)
                     self._last_text = now
                     self._raw.append(text)

@@ -37,6 +37,16 @@ def smol_prompt(user: str) -> str:
     return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
+def endless(max_tokens: int | None = None) -> GenerationRequest:
+    """Greedy "a"s under a grammar without an accepting state: it runs to its token limit
+    (none: the rest of the context) or until it is closed, whatever the machine's speed."""
+    return GenerationRequest(
+        smol_prompt("Say a."),
+        SamplingParams(temperature=0.0, max_tokens=max_tokens),
+        grammar='root ::= "a" root',
+    )
+
+
 def capital_prompt(country: str) -> str:
     return f"{SYSTEM}<|user|>What is the capital of {country}?<|assistant|><think>"
 
@@ -227,11 +237,7 @@ async def test_waiting_for_room_in_the_cache_ends_at_the_requests_limit(
 ) -> None:
     # No token limit and a grammar without an accepting state: the first request reserves
     # the whole context and holds it until it is closed, whatever the machine's speed.
-    hog = smol.generate(
-        GenerationRequest(
-            smol_prompt("Say a."), SamplingParams(temperature=0.0), grammar='root ::= "a" root'
-        )
-    )
+    hog = smol.generate(endless())
     assert isinstance(await anext(hog), Started)
     small = SamplingParams(temperature=0.0, max_tokens=4)
     try:
@@ -262,13 +268,7 @@ async def test_a_long_prompt_is_read_in_budgeted_chunks_beside_running_streams(
         smollm_path, parallel=2, n_batch=512, prefill_budget=64, stream_interval_ms=0
     )
     assert backend.info.extra["prefill_budget"] == 64
-    hog = backend.generate(
-        GenerationRequest(
-            smol_prompt("Say a."),
-            SamplingParams(temperature=0.0, max_tokens=2000),
-            grammar='root ::= "a" root',
-        )
-    )
+    hog = backend.generate(endless(max_tokens=2000))
     got = 0
     marks: dict[str, int] = {}
 
@@ -315,13 +315,7 @@ async def test_held_back_text_goes_out_before_a_step_that_reads_a_prompt(
     # when another request's prompt step hands it over first (or when it ends).
     backend = await load(smollm_path, parallel=2, stream_interval_ms=60_000)
     assert backend.info.extra["stream_interval_ms"] == 60_000
-    hog = backend.generate(
-        GenerationRequest(
-            smol_prompt("Say a."),
-            SamplingParams(temperature=0.0, max_tokens=2000),
-            grammar='root ::= "a" root',
-        )
-    )
+    hog = backend.generate(endless(max_tokens=2000))
     got = 0
 
     async def run_hog() -> None:
