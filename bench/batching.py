@@ -139,25 +139,40 @@ async def concurrency(base: Target, n: int) -> float:
     return float((sum(counts) - n) / (last - first))
 
 
-async def agent_trace(base: Target, turns: int) -> list[tuple[float, Any]]:
-    out: list[tuple[float, Any]] = []
-    # A nonce first: an earlier round's conversation is not in the cache.
-    nonce = uuid.uuid4().hex
-    history = [{"role": "user", "content": f"[{nonce}] Notes:\n{NOTES}\nWhat is wrong?"}]
+class _Conversation:
+    """The agent trace on one server: a main conversation growing turn by turn, a short
+    unrelated request after each main turn."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        # A nonce first: an earlier round's conversation is not in the cache.
+        nonce = uuid.uuid4().hex
+        self.history = [{"role": "user", "content": f"[{nonce}] Notes:\n{NOTES}\nWhat is wrong?"}]
+
+    async def turn(self, client: httpx.AsyncClient, turn: int) -> tuple[float, int]:
+        """The main turn's TTFT s and prompt tokens read."""
+        main = await stream(client, self.target, self.history, 24)
+        side = [{"role": "user", "content": f"Write a 5-word title for note {turn}."}]
+        await stream(client, self.target, side, 12)
+        self.history += [
+            {"role": "assistant", "content": main["text"]},
+            {"role": "user", "content": f"{NOTES[: 200 * (turn + 1)]} And what about step {turn}?"},
+        ]
+        return main["stamps"][0] - main["t0"], _usage_read(main["usage"])
+
+
+async def agent_traces(targets: dict[str, Target], turns: int) -> dict[str, list[Any]]:
+    """The trace on every server in lockstep, turn by turn (the order alternating), so each
+    turn's TTFTs are measured seconds apart: this machine's speed drifts by 20% within
+    minutes, as much as the differences measured. The servers' caches are their own, so
+    the interleaving changes nothing else."""
+    conversations = {name: _Conversation(t) for name, t in targets.items()}
+    out: dict[str, list[Any]] = {name: [] for name in targets}
     async with _client() as client:
         for turn in range(turns):
-            main = await stream(client, base, history, 24)
-            ttft = main["stamps"][0] - main["t0"]
-            out.append((ttft, _usage_read(main["usage"])))
-            side = [{"role": "user", "content": f"Write a 5-word title for note {turn}."}]
-            await stream(client, base, side, 12)
-            history += [
-                {"role": "assistant", "content": main["text"]},
-                {
-                    "role": "user",
-                    "content": f"{NOTES[: 200 * (turn + 1)]} And what about step {turn}?",
-                },
-            ]
+            names = list(targets) if turn % 2 == 0 else list(reversed(targets))
+            for name in names:
+                out[name].append(await conversations[name].turn(client, turn))
     return out
 
 
@@ -256,23 +271,45 @@ def _client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_keepalive_connections=0))
 
 
-def _measure(part: str, base: Target, turns: int) -> Any:
+# Traces per round on each server: one trace's turns take a second or two each, and one
+# sample per round would leave each turn's row to three numbers.
+TRACES = 3
+
+
+def _one(part: str, base: Target, n: int = 1) -> Any:
     # The bench client on uvloop, like the servers: on 2 cores its own CPU is taken from them.
     if part == "decode":
-        rates = [uvloop.run(concurrency(base, 1)) for _ in range(SINGLE_STREAMS)]
-        return {"N=1": statistics.median(rates)} | {
-            f"N={n}": uvloop.run(concurrency(base, n)) for n in (2, 4, 8)
-        }
-    if part == "trace":
-        return uvloop.run(agent_trace(base, turns))
+        if n == 1:
+            return statistics.median(
+                uvloop.run(concurrency(base, 1)) for _ in range(SINGLE_STREAMS)
+            )
+        return uvloop.run(concurrency(base, n))
     if part == "prefix":
         return uvloop.run(shared_prefix(base))
     return uvloop.run(long_prompt_admitted(base))
 
 
+def _measure(part: str, targets: dict[str, Target], turns: int) -> list[dict[str, Any]]:
+    """One round of ``part`` on every server, each unit of it (a stream count, a trace's
+    turn) measured on both back to back, the order alternating: this machine's speed drifts
+    by 20% within minutes, as much as the differences measured, so the servers are compared
+    unit by unit. Returns one sample per server name, index by index."""
+    names = list(targets)
+    if part == "trace":
+        return [uvloop.run(agent_traces(targets, turns)) for _ in range(TRACES)]
+    if part == "decode":
+        got: dict[str, dict[str, float]] = {name: {} for name in names}
+        for k, n in enumerate((1, 2, 4, 8)):
+            for name in names if k % 2 == 0 else reversed(names):
+                got[name][f"N={n}"] = _one(part, targets[name], n)
+        return [got]
+    return [{name: _one(part, targets[name]) for name in names}]
+
+
 def run(rounds: int, turns: int, parts: list[str]) -> dict[str, Any]:
-    """Both servers up at once; every part measured on each in turn, the order rotated each
-    round, so a change in the machine's load falls on both sides alike."""
+    """Both servers up at once; every part measured on both unit by unit, the order rotated
+    each round, so a change in the machine's load falls on both sides alike. Sample ``i``
+    of a part on one server was measured beside sample ``i`` on the other."""
     binary = _llama_server_binary()
     samples: dict[str, dict[str, list[Any]]] = {"gateway": {}, "llama-server": {}}
     loads: list[float] = []
@@ -295,11 +332,11 @@ def run(rounds: int, turns: int, parts: list[str]) -> dict[str, Any]:
             for r in range(rounds):
                 order = list(up) if r % 2 == 0 else list(reversed(up))
                 for part in parts:
-                    for name in order:
-                        loads.append(os.getloadavg()[0])
-                        value = _measure(part, targets[name], turns)
-                        samples[name].setdefault(part, []).append(value)
-                        print(f"round {r} {part} {name}: {value}", flush=True)
+                    loads.append(os.getloadavg()[0])
+                    for sample in _measure(part, {name: targets[name] for name in order}, turns):
+                        for name, value in sample.items():
+                            samples[name].setdefault(part, []).append(value)
+                        print(f"round {r} {part}: {sample}", flush=True)
                     if part == "decode" and direct is not None:
                         pairs += _paired(targets["gateway"], targets["llama-server"], direct, r)
     finally:
@@ -348,7 +385,10 @@ def report(data: dict[str, Any]) -> str:
     rows: list[list[str]] = []
 
     def row(label: str, a: list[float], b: list[float], digits: int = 1) -> None:
-        ratio = _med(a) / _med(b) if _med(b) else float("nan")
+        # Sample i on one server was measured beside sample i on the other: the ratio is
+        # the median of the pairs' ratios, which the machine's drift moves least.
+        ratios = [x / y for x, y in zip(a, b, strict=True) if y and x == x and y == y]
+        ratio = _med(ratios) if ratios else float("nan")
         rows.append([label, _spread(a, digits), _spread(b, digits), f"{ratio:.2f}x"])
 
     if "decode" in g:
@@ -404,7 +444,7 @@ def report(data: dict[str, Any]) -> str:
         )
     loads = data["loads"]
     head = [
-        f"median [min-max] over {data['rounds']} rounds",
+        f"median [min-max] over {data['rounds']} rounds; ratio: median of paired ratios",
         "gateway",
         "llama-server",
         "ratio",

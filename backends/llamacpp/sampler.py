@@ -7,6 +7,7 @@ engine ran one sequence through ``Llama.generate``.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from ..base import SamplingParams
@@ -55,6 +56,16 @@ class SamplerChain:
         self, lib: Any, vocab: Any, values: dict[str, float], seed: int, grammar: str | None
     ) -> None:
         self._lib = lib
+        # Greedy with no grammar and neutral penalties picks the first highest logit: read
+        # straight from the logits (about 10 us) instead of through the chain, which first
+        # copies every one of n_vocab candidates (about 65 us a token with SmolLM2's 49k).
+        # (numpy comes with llama-cpp-python.)
+        neutral = values["repeat_penalty"] == 1.0
+        neutral &= not (values["frequency_penalty"] or values["presence_penalty"])
+        self._argmax_of = 0
+        if values["temp"] == 0.0 and grammar is None and neutral:
+            self._np: Any = importlib.import_module("numpy")
+            self._argmax_of = int(lib.llama_vocab_n_tokens(vocab))
         self._chain: Any = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         try:
             self._build(vocab, values, seed, grammar)
@@ -97,6 +108,11 @@ class SamplerChain:
 
     def sample(self, ctx: Any, index: int) -> int:
         """Sample from the logits of batch row ``index`` and accept the token."""
+        if self._argmax_of:
+            logits = self._lib.llama_get_logits_ith(ctx, index)
+            if not logits:
+                raise RuntimeError(f"no logits for batch row {index}")
+            return int(self._np.ctypeslib.as_array(logits, shape=(self._argmax_of,)).argmax())
         return int(self._lib.llama_sampler_sample(self._chain, ctx, index))
 
     def close(self) -> None:
