@@ -3,10 +3,9 @@
 # none of them changes the gateway's .venv. Idempotent: what is already there is kept.
 #
 #   ~/.cache/glm-gateway/litellm-venv          LiteLLM proxy: pip install 'litellm[proxy]'
-#   ~/.cache/glm-gateway/llamacpp-server-venv  llama-cpp-python's own server:
-#                                              pip install 'llama-cpp-python[server]' (same
-#                                              version as the project's; pip reuses the wheel it
-#                                              built for .venv from its cache)
+#   ~/.cache/glm-gateway/llamacpp-server-venv  llama-cpp-python's own server: the project's
+#                                              wheel (scripts/build-llama-cpp-python.sh) with
+#                                              its [server] extra
 #   ~/.cache/glm-gateway/vllm-venv             vLLM on CPU: scripts/setup-vllm.sh
 #   ~/.cache/glm-gateway/models/SmolLM2-...    scripts/fetch-test-models.sh
 #
@@ -30,7 +29,8 @@ llama_version=$("$project_python" -c 'import importlib.metadata as m; print(m.ve
 if ! "$cache/llamacpp-server-venv/bin/python" -c 'import llama_cpp.server.app' 2>/dev/null; then
   echo "installing llama-cpp-python[server]==$llama_version into $cache/llamacpp-server-venv" >&2
   "$python" -m venv "$cache/llamacpp-server-venv"
-  "$cache/llamacpp-server-venv/bin/pip" install -q "llama-cpp-python[server]==$llama_version"
+  wheel=$(LLAMA_CPP_PYTHON_VERSION=$llama_version bash scripts/build-llama-cpp-python.sh "$python")
+  "$cache/llamacpp-server-venv/bin/pip" install -q "llama-cpp-python[server] @ file://$wheel"
 fi
 
 bash scripts/fetch-test-models.sh

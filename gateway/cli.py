@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     engine.add_argument("--flash-attn", choices=("auto", "on", "off"), help="default auto")
     engine.add_argument(
+        "--repack",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="repack weights for llama.cpp's faster CPU kernels (default on, but off for a "
+        "llama.cpp built with its AMX kernels, which crash on some machines)",
+    )
+    engine.add_argument(
         "--cache-type-k",
         choices=("f16", "bf16", "f32", "q8_0", "q4_0"),
         help="KV cache type (V follows K; quantized needs flash attention); default f16",
@@ -102,6 +109,7 @@ _ENGINE_FLAGS = (
     "n_ubatch",
     "prefill_budget",
     "flash_attn",
+    "repack",
     "cache_type_k",
     "cache_ram_mib",
     "cache_idle",

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Builds llama-server from the llama.cpp that the pinned llama-cpp-python vendors (its sdist's
-# vendor/llama.cpp), so benchmarks compare the same kernels. Idempotent: the binary is cached under
-# ~/.cache/glm-gateway/llama-server/<version>/ and its path printed on stdout. About 10+ minutes on
-# 2 cores the first time; a lock lets two developers share one build.
+# vendor/llama.cpp), with the same flags as the in-process engine's wheel
+# (llama-cpp-build.sh), so benchmarks compare the same kernels. Idempotent: the binary is
+# cached under ~/.cache/glm-gateway/llama-server/<version>-<key>/ and its path printed on
+# stdout. About 10+ minutes on 2 cores the first time; a lock lets two developers share one
+# build. With --path it only prints where the binary is (or would be), building nothing.
 set -euo pipefail
-version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
-root="${GLM_GATEWAY_CACHE:-$HOME/.cache/glm-gateway}/llama-server/$version"
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=llama-cpp-build.sh
+. "$here/llama-cpp-build.sh"
+version="$llama_cpp_version"
+root="${GLM_GATEWAY_CACHE:-$HOME/.cache/glm-gateway}/llama-server/$version-$(llama_cpp_key)"
 binary="$root/bin/llama-server"
-if [ -x "$binary" ]; then
+if [ "${1:-}" = "--path" ] || [ -x "$binary" ]; then
   echo "$binary"
   exit 0
 fi
@@ -30,7 +35,7 @@ fi
 build="$root/build"
 cmake -S "$src/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=ON \
-  -DBUILD_SHARED_LIBS=OFF >&2
+  -DBUILD_SHARED_LIBS=OFF "-DCMAKE_C_FLAGS=$llama_cpp_cflags" "-DCMAKE_CXX_FLAGS=$llama_cpp_cflags" >&2
 jobs="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 nice -n 10 cmake --build "$build" --target llama-server -j "$jobs" >&2
 mkdir -p "$root/bin"

@@ -13,9 +13,15 @@ fi
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# llama-cpp-python builds from source (minutes on 2 cores); pip caches the wheel for next time.
-CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-  .venv/bin/python -m pip install -q -e '.[llamacpp,dev]'
+# llama-cpp-python is built from source for this CPU, without llama.cpp's crashing AMX kernels
+# (scripts/build-llama-cpp-python.sh: minutes on 2 cores, cached), and installed before the
+# project, whose requirement it then meets. The marker saves reinstalling the same wheel.
+wheel=$(bash scripts/build-llama-cpp-python.sh .venv/bin/python)
+if [ "$(cat .venv/.llama-cpp-wheel 2>/dev/null)" != "$wheel" ]; then
+  .venv/bin/python -m pip install -q --force-reinstall --no-deps "$wheel"
+  echo "$wheel" > .venv/.llama-cpp-wheel
+fi
+.venv/bin/python -m pip install -q -e '.[llamacpp,dev]'
 bash scripts/fetch-test-models.sh
 # vLLM on CPU in its own environment, for tests/backends/test_vllm_real.py (which fails under
 # CI=1 without it). Idempotent: about 3 minutes the first time, instant after.

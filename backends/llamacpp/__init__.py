@@ -34,6 +34,7 @@ def _build(settings: LlamaCppBackendSettings) -> LlamaCppBackend:
             n_ubatch=settings.n_ubatch,
             prefill_budget=settings.prefill_budget,
             flash_attn=settings.flash_attn,
+            repack=settings.repack,
             cache_type_k=settings.cache_type_k,
             cache_ram_mib=settings.cache_ram_mib,
             cache_idle=settings.cache_idle,

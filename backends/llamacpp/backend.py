@@ -109,6 +109,7 @@ class LlamaCppBackend(Backend):
             n_ctx_train=model.n_ctx_train,
             n_batch=model.n_batch,
             prefill_budget=model.prefill_budget,
+            repack=model.repack,
         )
         if model.fit is not None:
             extra["n_ctx_fit"] = model.fit.describe()

@@ -29,6 +29,27 @@ _FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 _CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
 
 
+def use_repack(lib: Any, wanted: bool | None) -> bool:
+    """Whether weights go to llama.cpp's extra buffer types (repacked for its faster kernels).
+
+    A llama.cpp built for an AMX CPU with -march=native (plain ``pip install``) routes them to
+    its AMX kernels, which in this version die with SIGSEGV on the first matrix product on
+    some AMX machines (llama.cpp #20824): a crash of the whole server, so unless asked for,
+    such a build runs without them, and says so."""
+    if wanted is not None:
+        return wanted
+    info = bytes(lib.llama_print_system_info()).decode(errors="replace")
+    if "AMX_INT8 = 1" not in info:
+        return True
+    logger.warning(
+        "this llama.cpp was built with its AMX kernels, which crash on some machines "
+        "(llama.cpp #20824): weight repacking is off, which keeps the weights away from "
+        "them. Install the wheel scripts/build-llama-cpp-python.sh builds (for this CPU, "
+        "without AMX) to have repacking, or set repack: true (--repack) where AMX works."
+    )
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
     prompt_tokens: list[int]
@@ -56,6 +77,8 @@ class LoadedModel:
         mparams.n_gpu_layers = options.n_gpu_layers
         mparams.use_mmap = options.use_mmap
         mparams.use_mlock = options.use_mlock
+        self.repack = use_repack(lib, options.repack)
+        mparams.use_extra_bufts = self.repack
         self.model: Any = lib.llama_model_load_from_file(options.model_path.encode(), mparams)
         if not self.model:
             raise BackendError(f"llama.cpp could not load {options.model_path}")

@@ -40,6 +40,11 @@ class LlamaCppOptions:
     cache_type_k: CacheType = "f16"
     use_mmap: bool = True
     use_mlock: bool = False
+    # Weights in llama.cpp's extra CPU buffer types (repacked for its faster kernels;
+    # llama-server's --no-repack turns it off). None: on, unless this llama.cpp was built
+    # with its AMX kernels, which those buffers route weights to and which crash on some
+    # machines (llama.cpp #20824).
+    repack: bool | None = None
     # Reuse the KV cache of a sequence's common prefix with the new prompt.
     cache_prompt: bool = True
     # Host RAM (MiB) for the KV states of evicted sequences, restored for their next turn;

@@ -41,6 +41,12 @@ class LlamaCppBackendSettings(BackendSettingsBase):
         "n_ubatch); bounds the pause a long prompt puts into running streams",
     )
     flash_attn: FlashAttn = "auto"
+    repack: bool | None = Field(
+        None,
+        description="Repack weights for llama.cpp's faster CPU kernels (llama-server's "
+        "--no-repack turns it off); unset: on, but off for a llama.cpp built with its AMX "
+        "kernels, which crash on some machines (llama.cpp #20824)",
+    )
     # V follows K (GLM's MLA cache holds K only); a quantized cache needs flash attention.
     cache_type_k: CacheType = "f16"
     cache_ram_mib: int = Field(

@@ -37,13 +37,18 @@ pytestmark = pytest.mark.engine
 
 __all__ = ["reference"]  # the in-process llama.cpp gateway, a fixture shared with test_vllm_real
 
-DEFAULT_BIN = Path.home() / ".cache" / "glm-gateway" / "llama-server" / "0.3.36" / "bin"
+BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-llama-server.sh"
 SERVED_NAME = "glm-tiny"
 
 
 def llama_server_bin() -> Path:
     configured = os.environ.get("LLAMA_SERVER_BIN")
-    path = Path(configured) if configured else DEFAULT_BIN / "llama-server"
+    if configured:
+        path = Path(configured)
+    else:
+        # Where the build script puts this machine's build (its cache key names the CPU).
+        where = [str(BUILD_SCRIPT), "--path"]
+        path = Path(subprocess.run(["bash", *where], capture_output=True, text=True).stdout.strip())
     if path.is_file():
         return path
     unavailable(

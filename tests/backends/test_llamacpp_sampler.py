@@ -14,6 +14,7 @@ from backends.base import SamplingParams
 from backends.llamacpp import LlamaCppOptions
 from backends.llamacpp.model import LoadedModel
 from backends.llamacpp.sampler import SamplerChain, sampling_values
+from tests.backends.lowlevel import decode_all
 
 pytestmark = pytest.mark.engine
 
@@ -29,20 +30,7 @@ def model(smollm_path: Path) -> Iterator[LoadedModel]:
 
 @pytest.fixture(scope="module")
 def rows(model: LoadedModel) -> int:
-    """Decodes TEXT with logits for every token; the number of rows."""
-    lib: Any = model.lib
-    tokens = model.tokenize(TEXT)
-    batch = lib.llama_batch_init(len(tokens), 0, 1)
-    try:
-        for i, token in enumerate(tokens):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = True
-        batch.n_tokens = len(tokens)
-        assert lib.llama_decode(model.ctx, batch) == 0
-    finally:
-        lib.llama_batch_free(batch)
-    return len(tokens)
+    return decode_all(model, TEXT)
 
 
 def _through_llama(model: LoadedModel, row: int) -> int:

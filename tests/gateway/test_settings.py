@@ -151,9 +151,10 @@ def test_engine_flags_reach_the_llamacpp_settings() -> None:
     # Unset flags leave the settings' defaults.
     assert backend.model_dump()["cache_idle"] is True
     assert backend.model_dump()["stream_interval_ms"] == 40
-    args = _parser().parse_args(
-        ["serve", "--model", str(GLM_TINY_GGUF), "--no-cache-idle", "--stream-interval", "0"]
-    )
+    assert backend.model_dump()["repack"] is None
+    flags = ["--no-cache-idle", "--stream-interval", "0", "--no-repack"]
+    args = _parser().parse_args(["serve", "--model", str(GLM_TINY_GGUF), *flags])
     backend = settings_from_args(args).models[0].backend
     assert backend.model_dump()["cache_idle"] is False
     assert backend.model_dump()["stream_interval_ms"] == 0
+    assert backend.model_dump()["repack"] is False
