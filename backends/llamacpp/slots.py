@@ -69,7 +69,8 @@ def place(
     from the one holding it), so the choice is by what it would throw away: the tokens past
     its own match, discounted by age. An empty or stale sequence takes a side request; a long
     conversation is kept while a cheaper sequence exists, and a follow-up turn finds its own
-    conversation, which loses nothing. The conversation key only breaks ties.
+    conversation, which loses nothing. A prompt a sequence holds whole goes back to it. The
+    conversation key only breaks ties.
     """
     free = [s for s in slots if not s.busy]
     if not free:
@@ -78,11 +79,17 @@ def place(
     donor = max(slots, key=lambda s: matches[s.seq_id])
     longest = matches[donor.seq_id]
 
-    def cost(s: Slot) -> tuple[float, bool, int]:
+    def cost(s: Slot) -> tuple[bool, float, bool, int]:
         own = matches[s.seq_id]
+        # A sequence holding the whole prompt is this request asked again (a retry, a turn
+        # regenerated, a rewind): it goes back there, its previous answer replaced (and kept
+        # in the RAM cache), rather than to another sequence that would copy the prompt and
+        # leave that answer resident: every step attends over all resident cells, and four
+        # copies of one short exchange made a single stream 4-20% slower.
+        again = own == len(prompt) > 0
         useful = own if own >= MIN_USEFUL_PREFIX else 0
         lost = (len(s.tokens) - useful) / _age_discount(now - s.last_used)
-        return (lost, not _same(s, key), -own)
+        return (not again, lost, not _same(s, key), -own)
 
     best = min(free, key=cost)
     common = matches[best.seq_id]

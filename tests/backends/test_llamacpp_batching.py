@@ -159,6 +159,22 @@ async def test_side_requests_do_not_evict_the_main_conversation(smollm_path: Pat
         await backend.aclose()
 
 
+async def test_a_request_asked_again_goes_back_to_its_sequence(smollm_path: Path) -> None:
+    # Each copy of an exchange left resident is attended over by every later step: asked
+    # four times, one request must not spread over four sequences.
+    backend = await load(smollm_path, parallel=4, n_batch=256)
+    try:
+        request = endless(max_tokens=40)
+        runs = [await collect(backend, request) for _ in range(4)]
+        assert [finish_of(events).completion_tokens for events in runs] == [40] * 4
+        n_prompt = started_of(runs[0]).prompt_tokens
+        # All but the last prompt token (read again for its logits) come from the cache.
+        assert [started_of(events).cached_tokens for events in runs[1:]] == [n_prompt - 1] * 3
+        assert backend.stats.kv_cells_used <= n_prompt + 40
+    finally:
+        await backend.aclose()
+
+
 async def test_parallel_requests_share_a_common_prefix(smol: LlamaCppBackend) -> None:
     prefix = "Context: " + "the server logs show a timeout in the payment service. " * 40
     prompts = [

@@ -560,17 +560,28 @@ def test_client_disconnect_aborts_the_vllm_request(
     while any(s.metric("vllm:num_requests_running") for s in vllm_servers):
         assert time.monotonic() < deadline, "vLLM still runs the request the client left"
         time.sleep(0.1)
-    time.sleep(1.0)  # the counters trail the engine too
-    after = [s.metric("vllm:generation_tokens_total") for s in vllm_servers]
+    # The counters trail the engine (by more than a second on a busy machine): read them
+    # once they stop moving. A request still running would keep them moving to the limit.
+    after = [_settled(s, "vllm:generation_tokens_total") for s in vllm_servers]
     grew = [i for i, (b, a) in enumerate(zip(before, after, strict=True)) if a > b]
     assert len(grew) == 1, ("the request ran on neither replica, or on both", before, after)
-    server = vllm_servers[grew[0]]
     generated_before, generated = before[grew[0]], after[grew[0]]
-    time.sleep(1.0)
-    assert server.metric("vllm:generation_tokens_total") == generated
     # The generation stopped short of the 1900 tokens asked for (left alone, glm-tiny runs to
     # the limit). How far short depends on how fast this shared CPU lets the client read.
     assert generated - generated_before < body["max_tokens"]
+
+
+def _settled(server: VllmServer, name: str, timeout: float = 30.0) -> float:
+    """The metric's value once two reads a second apart agree."""
+    deadline = time.monotonic() + timeout
+    value = server.metric(name)
+    while True:
+        time.sleep(1.0)
+        now = server.metric(name)
+        if now == value:
+            return now
+        assert time.monotonic() < deadline, f"{name} still moving: {value} -> {now}"
+        value = now
 
 
 def test_thinking_budget_on_vllm(gateway: str) -> None:
