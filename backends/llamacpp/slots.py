@@ -86,7 +86,7 @@ def place(
         # in the RAM cache), rather than to another sequence that would copy the prompt and
         # leave that answer resident: every step attends over all resident cells, and four
         # copies of one short exchange made a single stream 4-20% slower.
-        again = own == len(prompt) > 0
+        again = own == len(prompt)
         useful = own if own >= MIN_USEFUL_PREFIX else 0
         lost = (len(s.tokens) - useful) / _age_discount(now - s.last_used)
         return (not again, lost, not _same(s, key), -own)
