@@ -19,6 +19,7 @@ from typing import Any
 
 from ..base import Chunk, Finished, FinishReason
 from ..errors import BackendError, BackendUnavailable
+from .compact import compact
 from .jobs import Admitted, Job, timed_out, until_deadline
 from .model import LoadedModel, TextOutput
 from .options import LlamaCppStats
@@ -28,7 +29,8 @@ from .state_cache import Match, StateCache
 
 # With cache_idle, idle sequences shorter than this stay in the KV cache when a request
 # starts: a few hundred cells cost a step little, and a short side request's or a first
-# turn's cache is then reused in place (a RAM copy is not worth it for a few tokens).
+# turn's cache is then reused in place (a RAM copy is not worth it for a few tokens). Once
+# this many cells were dropped, such short sequences are moved down into the holes (compact).
 IDLE_KEPT_BELOW = 256
 
 
@@ -63,6 +65,7 @@ class Engine:
         self._stopping = False
         self._requests = 0
         self._ram = StateCache(cache_ram if model.cache_prompt else 0)
+        self._freed = 0  # cells dropped since the last compaction
         self._cache_idle = cache_idle and self._ram.enabled
         self._c = {
             "restored": 0,
@@ -208,9 +211,7 @@ class Engine:
             victim = idle.pop(0)
             held -= len(victim.tokens)
             self._ram.save(self._m, victim, self._requests)
-            self._m.seq_rm(victim.seq_id, 0)
-            victim.tokens = []
-            victim.exact = 0
+            self._drop(victim)
         return reserved + held + need <= self.n_ctx
 
     def _start(self, job: Job, placement: Placement, restore: Match | None) -> None:
@@ -222,10 +223,11 @@ class Engine:
         if self._ram.enabled and restore is None:
             self._ram.misses += 1
         if restore is not None:
+            self._freed += len(slot.tokens)
             common = self._ram.restore(self._m, slot, restore, self._requests)
         elif placement.share_from is not None:
             n = min(placement.share_len, len(prompt) - 1)
-            self._m.seq_rm(slot.seq_id, 0)
+            self._drop(slot)
             self._m.seq_cp(placement.share_from.seq_id, slot.seq_id, n)
             slot.tokens = list(placement.share_from.tokens[:n])
             slot.exact = min(placement.share_from.exact, n)
@@ -240,11 +242,26 @@ class Engine:
         if not self._m.seq_rm(slot.seq_id, reuse):
             reuse = 0
             self._m.seq_rm(slot.seq_id, 0)
+        self._freed += max(len(slot.tokens) - reuse, 0)
         slot.tokens = slot.tokens[:reuse]
         slot.exact = min(slot.exact, reuse)
         slot.busy = True
         slot.last_used = self._requests
         slot.conversation_key = job.conversation_key
+        if self._cache_idle:
+            # Every step attends over the cache's cells up to the highest one in use (the
+            # others' masked): idle conversations left there slow the running ones (17% at
+            # 7.7k idle cells of 8k, SmolLM2 on 2 cores). They wait in host RAM instead, as
+            # llama-server's idle slots do, and come back with their next turn; short ones,
+            # which cost the steps little, stay and are reused in place.
+            self._evict_idle(IDLE_KEPT_BELOW)
+        if self._freed >= IDLE_KEPT_BELOW:
+            # Short sequences may sit above the dropped cells: they move down. Idle ones and
+            # this one (nothing decoded yet); a running stream's cells go when it ends.
+            self._freed = 0
+            short = [s for s in self._slots if 0 < len(s.tokens) < IDLE_KEPT_BELOW]
+            if slot in compact(self._m, [s for s in short if not s.busy or s is slot]):
+                reuse = 0
         self._c["reused"] += reuse
         if restore is not None:
             self._c["restored"] += reuse
@@ -258,13 +275,6 @@ class Engine:
             return
         output = self._m.text_output(job.stop_strings)
         self._active.append(_Active(job, slot, sampler, prompt[reuse:], reuse, output))
-        if self._cache_idle:
-            # Every step attends over the cache's cells up to the highest one in use (the
-            # others' masked): idle conversations left there slow the running ones (17% at
-            # 7.7k idle cells of 8k, SmolLM2 on 2 cores). They wait in host RAM instead, as
-            # llama-server's idle slots do, and come back with their next turn; short ones,
-            # which cost the steps little, stay and are reused in place.
-            self._evict_idle(IDLE_KEPT_BELOW)
 
     def _step(self) -> None:
         batch = self._batch
@@ -348,11 +358,15 @@ class Engine:
         for slot in self._slots:
             if not slot.busy and len(slot.tokens) >= at_least:
                 self._ram.save(self._m, slot, self._requests)
-                self._m.seq_rm(slot.seq_id, 0)
-                slot.tokens = []
-                slot.exact = 0
+                self._drop(slot)
                 evicted = True
         return evicted
+
+    def _drop(self, slot: Slot) -> None:
+        self._m.seq_rm(slot.seq_id, 0)
+        self._freed += len(slot.tokens)
+        slot.tokens = []
+        slot.exact = 0
 
     def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         b = self._batch
