@@ -18,6 +18,10 @@ from typing import Any
 from .model import LoadedModel
 from .slots import Slot
 
+# Sequences shorter than this are moved, once this many cells were dropped: moving copies a
+# sequence's entries out and back, which for a few hundred tokens takes less than a step.
+COMPACT_BELOW = 256
+
 
 def compact(model: LoadedModel, slots: Sequence[Slot]) -> list[Slot]:
     """Saves, drops and sets again each slot's state; the slots whose state did not go back.

@@ -19,19 +19,13 @@ from typing import Any
 
 from ..base import Chunk, Finished, FinishReason
 from ..errors import BackendError, BackendUnavailable
-from .compact import compact
+from .compact import COMPACT_BELOW, compact
 from .jobs import Admitted, Job, timed_out, until_deadline
 from .model import LoadedModel, TextOutput
 from .options import LlamaCppStats
 from .sampler import SamplerChain
 from .slots import MIN_USEFUL_PREFIX, Placement, Slot, common_prefix, pending_overlap, place
 from .state_cache import Match, StateCache
-
-# With cache_idle, idle sequences shorter than this stay in the KV cache when a request
-# starts: a few hundred cells cost a step little, and a short side request's or a first
-# turn's cache is then reused in place (a RAM copy is not worth it for a few tokens). Once
-# this many cells were dropped, such short sequences are moved down into the holes (compact).
-IDLE_KEPT_BELOW = 256
 
 
 @dataclass(slots=True)
@@ -251,15 +245,15 @@ class Engine:
         if self._cache_idle:
             # Every step attends over the cache's cells up to the highest one in use (the
             # others' masked): idle conversations left there slow the running ones (17% at
-            # 7.7k idle cells of 8k, SmolLM2 on 2 cores). They wait in host RAM instead, as
-            # llama-server's idle slots do, and come back with their next turn; short ones,
-            # which cost the steps little, stay and are reused in place.
-            self._evict_idle(IDLE_KEPT_BELOW)
-        if self._freed >= IDLE_KEPT_BELOW:
+            # 7.7k idle cells of 8k, and 5% at three idle 126-token exchanges, SmolLM2 on 2
+            # cores). They wait in host RAM instead, as llama-server's idle slots do, and
+            # come back with their next turn.
+            self._evict_idle()
+        if self._freed >= COMPACT_BELOW:
             # Short sequences may sit above the dropped cells: they move down. Idle ones and
             # this one (nothing decoded yet); a running stream's cells go when it ends.
             self._freed = 0
-            short = [s for s in self._slots if 0 < len(s.tokens) < IDLE_KEPT_BELOW]
+            short = [s for s in self._slots if 0 < len(s.tokens) < COMPACT_BELOW]
             if slot in compact(self._m, [s for s in short if not s.busy or s is slot]):
                 reuse = 0
         self._c["reused"] += reuse
@@ -352,11 +346,11 @@ class Engine:
                 continue
             self._on_token(a, token)
 
-    def _evict_idle(self, at_least: int = 1) -> bool:
-        """Moves idle sequences holding ``at_least`` tokens to the RAM cache."""
+    def _evict_idle(self) -> bool:
+        """Moves idle sequences' caches to the RAM cache (those worth keeping)."""
         evicted = False
         for slot in self._slots:
-            if not slot.busy and len(slot.tokens) >= at_least:
+            if not slot.busy and slot.tokens:
                 self._ram.save(self._m, slot, self._requests)
                 self._drop(slot)
                 evicted = True

@@ -1,4 +1,4 @@
-"""Short sequences move down into the cells a dropped long prompt leaves (real SmolLM2).
+"""A short sequence moves down into the cells a dropped long prompt leaves (real SmolLM2).
 
 Where a step's cells end is read from llama.cpp itself: with LLAMA_KV_CACHE_DEBUG set, every
 slot search logs the cache's highest used cell + 1 (``n``) and its used cells (``used``). A
@@ -7,7 +7,6 @@ step attends over cells up to ``n``, so a gap between the two is work done for n
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import re
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pytest
 
 from backends.base import Chunk, GenerationRequest, SamplingParams
 from backends.llamacpp import LlamaCppBackend
-from backends.llamacpp.engine import IDLE_KEPT_BELOW
+from backends.llamacpp.compact import COMPACT_BELOW
 from backends.llamacpp.model import LoadedModel
 from tests.backends.events import finish_of, started_of, text_of
 from tests.backends.test_llamacpp_batching import collect, load, smol_prompt
@@ -49,66 +48,56 @@ def kv_layout(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int]]
         llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
 
 
-def stream(i: int, max_tokens: int) -> GenerationRequest:
-    # Greedy "a"s under a grammar without an accepting state: exactly max_tokens of them.
+def endless(user: str, max_tokens: int) -> GenerationRequest:
+    # Greedy under a grammar without an accepting state: exactly max_tokens tokens.
     return GenerationRequest(
-        smol_prompt(f"({i}) Say a."),
+        smol_prompt(user),
         SamplingParams(temperature=0.0, max_tokens=max_tokens),
         grammar='root ::= "a" root',
     )
 
 
-async def run_streams_beside_a_long_prompt(backend: LlamaCppBackend) -> list[int]:
-    """Three short streams decode while a long prompt is read: their cells end up above
-    the prompt's. Returns the streams' cached lengths (prompt + completion)."""
-    got = [0, 0, 0]
+SIDE = endless("Say a.", 8)
 
-    async def run(i: int) -> int:
-        events = []
-        async for event in backend.generate(stream(i, 150)):
-            events.append(event)
-            if isinstance(event, Chunk):
-                got[i] += event.tokens
-        return started_of(events).prompt_tokens + finish_of(events).completion_tokens
 
-    runs = [asyncio.ensure_future(run(i)) for i in range(3)]
-    while min(got) < 3:
-        await asyncio.sleep(0.01)
+async def read_a_short_prompt_above_a_long_one(backend: LlamaCppBackend) -> None:
+    """A short request runs while a long one decodes: its cells are taken above the long
+    prompt's. Then the long one ends (idle, to go to RAM when the next request starts)."""
     notes = "The build failed in module parser because of a missing import. " * 100
-    long = GenerationRequest(
-        smol_prompt(f"Summarise: {notes}"), SamplingParams(temperature=0.0, max_tokens=4)
-    )
-    n_long = started_of(await collect(backend, long)).prompt_tokens
-    assert n_long > 1000
-    assert max(got) < 150  # the streams were still running while it was read
-    return list(await asyncio.wait_for(asyncio.gather(*runs), 120))
+    long = backend.generate(endless(f"Summarise: {notes}", 120))
+    got = 0
+    async for event in long:
+        if isinstance(event, Chunk):
+            got += event.tokens
+            break
+    side = await collect(backend, SIDE)
+    assert finish_of(side).completion_tokens == 8
+    async for event in long:
+        if isinstance(event, Chunk):
+            got += event.tokens
+    # The long one was running all the while the short one was read.
+    assert got == 120
 
 
-async def test_short_sequences_move_down_once_a_long_prompt_is_dropped(
+async def test_a_short_sequence_moves_down_once_a_long_prompt_is_dropped(
     smollm_path: Path, kv_layout: list[tuple[int, int]]
 ) -> None:
     backend = await load(smollm_path, parallel=4, n_batch=256)
     try:
-        held = await run_streams_beside_a_long_prompt(backend)
-        assert max(held) < IDLE_KEPT_BELOW  # short: they stay resident
+        await read_a_short_prompt_above_a_long_one(backend)
         kv_layout.clear()
-        # A side request: the long prompt's sequence goes to RAM, the streams stay.
-        title = GenerationRequest(
-            smol_prompt("Write a title for: cats"), SamplingParams(temperature=0.0, max_tokens=8)
-        )
-        await collect(backend, title)
-        assert backend.stats.ram_cache_states >= 1
-        assert kv_layout, "llama.cpp logged no slot search"
-        top, used = kv_layout[-1]
-        assert used <= sum(held) + 40
-        # Without moving, the streams' last cells stay above the dropped prompt's (> 1000).
-        assert top <= used + 16, kv_layout[-1]
-
-        # Moved, not lost: asked again, a stream reuses its prompt in place.
+        # Asked again: it goes back to its sequence; the long one's goes to RAM.
         restored = backend.stats.prompt_tokens_restored
-        again = await collect(backend, stream(2, 8))
+        again = await collect(backend, SIDE)
+        assert backend.stats.ram_cache_states >= 1
+        # Moved, not lost: all but the last prompt token come from the cache, in place.
         assert started_of(again).cached_tokens == started_of(again).prompt_tokens - 1
         assert backend.stats.prompt_tokens_restored == restored
+        assert kv_layout, "llama.cpp logged no slot search"
+        top, used = kv_layout[-1]
+        assert used < COMPACT_BELOW
+        # Without moving, its cells stay above the dropped prompt's (> 1000).
+        assert top <= used + 16, kv_layout[-1]
     finally:
         await backend.aclose()
 
@@ -118,20 +107,14 @@ async def test_a_state_that_does_not_go_back_leaves_its_sequence_empty(
 ) -> None:
     backend = await load(smollm_path, parallel=4, n_batch=256)
     try:
-        await run_streams_beside_a_long_prompt(backend)
+        await read_a_short_prompt_above_a_long_one(backend)
         monkeypatch.setattr(LoadedModel, "state_load", lambda *args: False)
-        title = GenerationRequest(
-            smol_prompt("Write a title for: cats"), SamplingParams(temperature=0.0, max_tokens=8)
-        )
-        events = await collect(backend, title)
-        # The side request's own few reused tokens were lost too: it read its whole prompt.
-        assert started_of(events).cached_tokens == 0
-        assert finish_of(events).completion_tokens == 8
-        # Only the side request's tokens are left (its last one sampled, never decoded).
-        assert backend.stats.kv_cells_used == started_of(events).prompt_tokens + 7
-        again = await collect(backend, stream(2, 8))
-        assert started_of(again).cached_tokens < 16
+        again = await collect(backend, SIDE)
+        # Its cache was lost in the move: it read its whole prompt, and ran as asked.
+        assert started_of(again).cached_tokens == 0
         assert finish_of(again).completion_tokens == 8
         assert re.fullmatch("a+", text_of(again))
+        # Only its own tokens are left (the last one sampled, never decoded).
+        assert backend.stats.kv_cells_used == started_of(again).prompt_tokens + 7
     finally:
         await backend.aclose()

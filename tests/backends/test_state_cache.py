@@ -21,7 +21,22 @@ def test_a_state_is_offered_only_for_a_longer_useful_prefix() -> None:
     other = cache.match([*SYSTEM, 1, 2, 3, 4, 99, 98], have=0)
     assert other is not None and other.length == len(SYSTEM) + 4
     assert cache.match([7, *SYSTEM], have=0) is None
-    assert cache.match(SYSTEM[:-1], have=0) is None  # too short to be worth it
+
+
+def test_a_state_is_copied_in_only_when_small_for_what_it_gives() -> None:
+    cache = StateCache(10_000)
+    short = [1, 2, 3, 4, 5, 6, *range(200, 240)]
+    cache.add(short, 0, b"x", 10, last_used=1, now=1)
+    # Six tokens of a 46-token state: a short conversation's follow-up gets them back.
+    match = cache.match([*short[:6], 99], have=0)
+    assert match is not None and match.length == 6
+    assert cache.match([*short[:6], 99], have=3) is None  # only 3 more than the KV cache
+    long = [7, 8, 9, 10, 11, 12, *range(300, 700)]
+    cache.add(long, 0, b"y", 10, last_used=1, now=1)
+    assert cache.match([*long[:6], 99], have=0) is None  # a header's worth of 406 tokens
+    assert cache.match([*long[:25], 99], have=0) is None  # 25 * 16 < 406
+    match = cache.match([*long[:26], 99], have=0)
+    assert match is not None and match.length == 26 and match.state.tokens == long
 
 
 def test_budget_keeps_the_most_valuable_states() -> None:
