@@ -253,8 +253,12 @@ class Engine:
             # Short sequences may sit above the dropped cells: they move down. Idle ones and
             # this one (nothing decoded yet); a running stream's cells go when it ends.
             self._freed = 0
-            short = [s for s in self._slots if 0 < len(s.tokens) < COMPACT_BELOW]
-            if slot in compact(self._m, [s for s in short if not s.busy or s is slot]):
+            moving = [
+                s
+                for s in self._slots
+                if 0 < len(s.tokens) < COMPACT_BELOW and (not s.busy or s is slot)
+            ]
+            if slot in compact(self._m, moving):
                 reuse = 0
         self._c["reused"] += reuse
         if restore is not None:

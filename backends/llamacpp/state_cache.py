@@ -95,13 +95,13 @@ class StateCache:
 
         Worth it when it gives a few tokens more and is not too large for what it gives: the
         whole state is copied in (and needs the cells) before its tail is trimmed."""
-        best: Match | None = None
-        for state in self._states:
-            n = common_prefix(state.tokens, prompt)
-            if best is None or (n, -len(state.tokens)) > (best.length, -len(best.state.tokens)):
-                best = Match(state, n)
-        if best is None:
+        if not self._states:
             return None
+        # The longest prefix; of states giving as much, the smallest to copy.
+        best = max(
+            (Match(s, common_prefix(s.tokens, prompt)) for s in self._states),
+            key=lambda m: (m.length, -len(m.state.tokens)),
+        )
         gain = best.length - have
         if gain < MIN_SHARED_PREFIX or len(best.state.tokens) > COPIED_PER_TOKEN_SAVED * gain:
             return None

@@ -72,10 +72,10 @@ async def read_a_short_prompt_above_a_long_one(backend: LlamaCppBackend) -> None
             break
     side = await collect(backend, SIDE)
     assert finish_of(side).completion_tokens == 8
+    assert backend.stats.sequences_busy == 1  # the long one, still decoding
     async for event in long:
         if isinstance(event, Chunk):
             got += event.tokens
-    # The long one was running all the while the short one was read.
     assert got == 120
 
 
